@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class DomainEventsConfig(AppConfig):
+    name = "domain_events"
+    verbose_name = "Domain events"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Handlers live in each installed app's ``handlers`` module; importing it registers
+        # them, as Django does for ``admin`` modules.
+        autodiscover_modules("handlers")

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, lint, format check, strict typing, then pytest.
+# Usage: bash scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# shellcheck source=scripts/bootstrap.sh
+source scripts/bootstrap.sh
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+bootstrap_venv
+ensure_all_services
+
+echo "== ruff check" && .venv/bin/ruff check .
+echo "== ruff format --check" && .venv/bin/ruff format --check .
+echo "== mypy --strict" && .venv/bin/mypy .
+echo "== pytest" && .venv/bin/pytest "$@"
