@@ -32,6 +32,9 @@ SETTINGS: dict[str, Setting] = {
     "MAX_PAYLOAD_BYTES": Setting(
         1_048_576, int, "largest JSON-encoded payload publish() accepts, in bytes", minimum=1
     ),
+    # --- relay ---
+    # --- consumers and inbox ---
+    # --- operations ---
 }
 
 
