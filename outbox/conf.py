@@ -33,6 +33,47 @@ SETTINGS: dict[str, Setting] = {
         1_048_576, int, "largest JSON-encoded payload publish() accepts, in bytes", minimum=1
     ),
     # --- relay ---
+    "BATCH_SIZE": Setting(
+        500, int, "rows one relay claims, publishes and marks per round trip", minimum=1
+    ),
+    "LEASE_SECONDS": Setting(
+        60.0,
+        (int, float),
+        "how long a claim keeps other relays off a batch; a crashed relay's rows come back"
+        " after it",
+        minimum=1,
+    ),
+    "CONFIRM_TIMEOUT_SECONDS": Setting(
+        10.0, (int, float), "longest wait for RabbitMQ's confirms of one batch", minimum=0.1
+    ),
+    "MAX_ATTEMPTS": Setting(
+        10, int, "refusals (nack, unroutable) before a message is marked failed", minimum=1
+    ),
+    "RETRY_BACKOFF_SECONDS": Setting(
+        1.0, (int, float), "delay before the first retry; doubles per attempt", minimum=0
+    ),
+    "RETRY_BACKOFF_MAX_SECONDS": Setting(
+        300.0, (int, float), "cap on the delay between two attempts", minimum=0
+    ),
+    "POLL_INTERVAL_SECONDS": Setting(
+        1.0,
+        (int, float),
+        "outbox_relay worker: longest sleep between two looks at the table when no"
+        " notification arrives",
+        minimum=0.01,
+    ),
+    "RECONNECT_BACKOFF_MAX_SECONDS": Setting(
+        10.0,
+        (int, float),
+        "worker: cap on the wait before reconnecting to an unreachable broker or database",
+        minimum=0.1,
+    ),
+    "TASK_TIME_BUDGET_SECONDS": Setting(
+        10.0,
+        (int, float),
+        "publish_outbox task: stop claiming new batches after this long",
+        minimum=0.1,
+    ),
     # --- consumers and inbox ---
     # --- operations ---
 }

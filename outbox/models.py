@@ -13,8 +13,11 @@ from outbox.serialization import OutboxJSONEncoder
 class OutboxMessage(models.Model):
     """One integration event, written in the business transaction and published by the relay.
 
-    ``id`` grows with insertion and is the relay's tie-breaker; ``message_id`` is the public
-    identity sent to RabbitMQ and stays the same across re-publishes.
+    ``message_id`` is the public identity sent to RabbitMQ and stays the same across
+    re-publishes. ``position`` is assigned by a database trigger at insert time, after the
+    row's ordering key is locked for the rest of the transaction: rows of one key therefore
+    get positions in the order their transactions commit (``id`` does not have that
+    property). See docs/relay.md.
     """
 
     class Status(models.TextChoices):
@@ -40,21 +43,27 @@ class OutboxMessage(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
+    # Set by the BEFORE INSERT trigger of migration 0002_relay; the db_default only makes
+    # Django leave the column to the database and read the real value back on insert.
+    position = models.BigIntegerField(db_default=0, editable=False)
+    # A relay's claim: who holds the row and until when. An expired lease is free again.
+    lease_owner = models.CharField(max_length=255, blank=True, default="", editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         db_table = "outbox_message"
         verbose_name = "outbox message"
         indexes = [
-            # The relay's claim: ready rows that are due, oldest first. Partial, so the index
+            # The relay's claim scans ready rows in position order. Partial, so the index
             # stays as small as the backlog however many published rows the table keeps.
             models.Index(
-                fields=["next_attempt_at", "id"],
-                name="outbox_ready_due_idx",
+                fields=["position"],
+                name="outbox_ready_position_idx",
                 condition=models.Q(status="ready"),
             ),
             # Per-aggregate order: "is there an older unpublished row with this key?"
             models.Index(
-                fields=["ordering_key", "id"],
+                fields=["ordering_key", "position"],
                 name="outbox_unpublished_key_idx",
                 condition=~models.Q(status="published"),
             ),

@@ -1,0 +1,350 @@
+"""The relay loop: claim ready rows, publish them with confirms, record what the broker said.
+
+One batch is three short steps and never holds a database transaction across broker I/O:
+
+1. claim (one autocommit statement): lease up to BATCH_SIZE rows, at most one per ordering key;
+2. publish the batch with pipelined confirms (``outbox.publishers``);
+3. settle: confirmed rows marked published in one statement, refused rows scheduled for a
+   retry (or failed), rows left unanswered by a broker outage released with attempts unchanged.
+
+A crash anywhere leaves leased rows that another relay takes once the lease expires, and a
+re-publish carries the same ``message_id``: delivery is at least once. docs/relay.md has the
+whole story; ``outbox.tasks.publish_outbox`` and ``manage.py outbox_relay`` are thin callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from django.db import DatabaseError, connections, router
+from django.utils import timezone
+
+from outbox import conf, metrics, store
+from outbox.models import OutboxMessage
+from outbox.publishers import OutgoingMessage, Publisher, RabbitMQPublisher
+
+__all__ = ["CRASH_AT_ENV", "BatchResult", "DrainResult", "Relay", "RelaySettings"]
+
+logger = logging.getLogger("outbox.relay")
+
+# Tests of crash safety set this in a relay subprocess to have it SIGKILL itself at one of
+# CRASH_POINTS; it has no other use.
+CRASH_AT_ENV = "OUTBOX_RELAY_CRASH_AT"
+CRASH_POINTS = ("after_claim", "after_publish", "after_confirm")
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """The ``OUTBOX`` relay settings, read once per relay (see docs/settings.md)."""
+
+    batch_size: int
+    lease_seconds: float
+    confirm_timeout: float
+    max_attempts: int
+    backoff_seconds: float
+    backoff_max_seconds: float
+    poll_interval: float
+    reconnect_backoff_max: float
+
+    @classmethod
+    def from_settings(cls) -> RelaySettings:
+        """Read the current ``settings.OUTBOX``."""
+        return cls(
+            batch_size=conf.get("BATCH_SIZE"),
+            lease_seconds=float(conf.get("LEASE_SECONDS")),
+            confirm_timeout=float(conf.get("CONFIRM_TIMEOUT_SECONDS")),
+            max_attempts=conf.get("MAX_ATTEMPTS"),
+            backoff_seconds=float(conf.get("RETRY_BACKOFF_SECONDS")),
+            backoff_max_seconds=float(conf.get("RETRY_BACKOFF_MAX_SECONDS")),
+            poll_interval=float(conf.get("POLL_INTERVAL_SECONDS")),
+            reconnect_backoff_max=float(conf.get("RECONNECT_BACKOFF_MAX_SECONDS")),
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one claim-publish-settle round did, in row counts."""
+
+    claimed: int = 0
+    published: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+    broker_error: str | None = None
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """Totals of ``Relay.drain``; ``broker_error`` is set when it stopped for an outage."""
+
+    published: int = 0
+    retried: int = 0
+    failed: int = 0
+    batches: int = 0
+    broker_error: str | None = None
+
+
+class Relay:
+    """Publishes ready outbox rows through ``publisher`` (RabbitMQ unless given one).
+
+    A relay is not thread-safe; run one per thread or process. Any number of relays may run
+    against one database at once: leases keep them off each other's rows and the claim keeps
+    per-key order.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher | None = None,
+        *,
+        settings: RelaySettings | None = None,
+        name: str | None = None,
+        using: str | None = None,
+    ) -> None:
+        self.publisher = publisher if publisher is not None else RabbitMQPublisher()
+        self.settings = settings or RelaySettings.from_settings()
+        # The lease owner: unique per relay, readable in the table and the logs.
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.using = using or router.db_for_write(OutboxMessage)
+        crash_at = os.environ.get(CRASH_AT_ENV, "")
+        if crash_at and crash_at not in CRASH_POINTS:
+            raise ValueError(f"{CRASH_AT_ENV} must be one of {CRASH_POINTS}, got {crash_at!r}")
+        self._crash_at = crash_at
+
+    def publish_batch(self) -> BatchResult:
+        """Claim one batch, publish it and record the outcome. Database errors propagate."""
+        settings = self.settings
+        claimed = store.claim(
+            owner=self.name,
+            limit=settings.batch_size,
+            lease_seconds=settings.lease_seconds,
+            using=self.using,
+        )
+        if not claimed:
+            return BatchResult()
+        logger.debug(
+            "claimed %d messages",
+            len(claimed),
+            extra={
+                "event": "claim",
+                "relay": self.name,
+                "count": len(claimed),
+                "message_ids": [str(m.message_id) for m in claimed],
+            },
+        )
+        self._crash_here("after_claim")
+        outcome = self.publisher.publish_batch(
+            [_outgoing(message) for message in claimed],
+            confirm_timeout=settings.confirm_timeout,
+            after_send=lambda: self._crash_here("after_publish"),
+        )
+        self._crash_here("after_confirm")
+        by_id = {message.id: message for message in claimed}
+
+        published = store.mark_published(outcome.confirmed, using=self.using)
+        if outcome.confirmed:
+            confirmed_at = timezone.now()
+            metrics.messages_published(published)
+            for key in outcome.confirmed:
+                metrics.publish_latency((confirmed_at - by_id[key].created_at).total_seconds())
+            logger.info(
+                "published %d messages",
+                len(outcome.confirmed),
+                extra={
+                    "event": "publish",
+                    "relay": self.name,
+                    "count": len(outcome.confirmed),
+                    "message_ids": _message_ids(by_id, outcome.confirmed),
+                },
+            )
+
+        retry = store.schedule_retry(
+            outcome.refused,
+            owner=self.name,
+            max_attempts=settings.max_attempts,
+            backoff_seconds=settings.backoff_seconds,
+            backoff_max_seconds=settings.backoff_max_seconds,
+            using=self.using,
+        )
+        self._report_refusals(by_id, outcome.refused, retry)
+
+        released = store.release(outcome.unanswered, owner=self.name, using=self.using)
+        if outcome.broker_error:
+            logger.warning(
+                "broker unavailable, %d messages released with attempts unchanged: %s",
+                len(outcome.unanswered),
+                outcome.broker_error,
+                extra={
+                    "event": "release",
+                    "relay": self.name,
+                    "count": len(outcome.unanswered),
+                    "message_ids": _message_ids(by_id, outcome.unanswered),
+                    "error": outcome.broker_error,
+                },
+            )
+        return BatchResult(
+            claimed=len(claimed),
+            published=published,
+            retried=len(retry.retried),
+            failed=len(retry.failed),
+            released=released,
+            broker_error=outcome.broker_error,
+        )
+
+    def drain(
+        self,
+        *,
+        time_budget: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> DrainResult:
+        """Publish batches until nothing is claimable, the broker fails, ``time_budget``
+        seconds have passed, or ``should_stop()`` is true. Database errors propagate."""
+        deadline = None if time_budget is None else time.monotonic() + time_budget
+        published = retried = failed = batches = 0
+        while True:
+            result = self.publish_batch()
+            batches += 1
+            published += result.published
+            retried += result.retried
+            failed += result.failed
+            done = (
+                result.claimed == 0
+                or result.broker_error is not None
+                or (deadline is not None and time.monotonic() >= deadline)
+                or (should_stop is not None and should_stop())
+            )
+            if done:
+                return DrainResult(published, retried, failed, batches, result.broker_error)
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """The long-running worker: drain, then sleep until rows commit, until stopped.
+
+        It wakes on the LISTEN/NOTIFY signal of committed rows and at least every
+        POLL_INTERVAL_SECONDS (so a lost notification, or a retry coming due, waits at most
+        that long). An unreachable broker or database is retried with a capped exponential
+        backoff; neither uses up the rows' attempts.
+        """
+        listener = store.ReadyListener(self.using)
+        failures = 0
+        try:
+            while not should_stop():
+                try:
+                    result = self.drain(should_stop=should_stop)
+                except DatabaseError as error:
+                    failures += 1
+                    self._database_lost(error, failures)
+                    _sleep_unless_stopped(self._backoff(failures), should_stop)
+                    continue
+                if result.broker_error is not None:
+                    failures += 1
+                    delay = self._backoff(failures)
+                    logger.warning(
+                        "broker unavailable; retrying in %.1fs",
+                        delay,
+                        extra={"event": "backoff", "relay": self.name, "delay": delay},
+                    )
+                    _sleep_unless_stopped(delay, should_stop)
+                    continue
+                failures = 0
+                self.publisher.keepalive()
+                try:
+                    listener.wait(self.settings.poll_interval)
+                except psycopg.Error as error:
+                    failures += 1
+                    self._database_lost(error, failures)
+                    _sleep_unless_stopped(self._backoff(failures), should_stop)
+        finally:
+            listener.close()
+
+    def close(self) -> None:
+        """Close the broker connection."""
+        self.publisher.close()
+
+    def _report_refusals(
+        self,
+        by_id: dict[int, store.ClaimedMessage],
+        refused: dict[int, str],
+        retry: store.RetryResult,
+    ) -> None:
+        if retry.retried:
+            metrics.messages_retried(len(retry.retried))
+            logger.warning(
+                "%d messages refused by the broker, will retry: %s",
+                len(retry.retried),
+                refused[retry.retried[0]],
+                extra={
+                    "event": "retry",
+                    "relay": self.name,
+                    "count": len(retry.retried),
+                    "message_ids": _message_ids(by_id, retry.retried),
+                },
+            )
+        if retry.failed:
+            metrics.messages_failed(len(retry.failed))
+            logger.error(
+                "%d messages failed after %d attempts: %s",
+                len(retry.failed),
+                self.settings.max_attempts,
+                refused[retry.failed[0]],
+                extra={
+                    "event": "fail",
+                    "relay": self.name,
+                    "count": len(retry.failed),
+                    "message_ids": _message_ids(by_id, retry.failed),
+                },
+            )
+
+    def _database_lost(self, error: Exception, failures: int) -> None:
+        # Django reconnects on the next query once the broken connection is closed.
+        connections[self.using].close()
+        logger.warning(
+            "database unavailable (%s); reconnecting",
+            error,
+            extra={"event": "database_error", "relay": self.name, "failures": failures},
+        )
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.settings.reconnect_backoff_max, 0.25 * 2**failures)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _crash_here(self, point: str) -> None:
+        if self._crash_at == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _outgoing(message: store.ClaimedMessage) -> OutgoingMessage:
+    headers = dict(message.headers)
+    if message.aggregate_type:
+        headers["aggregate_type"] = message.aggregate_type
+        headers["aggregate_id"] = message.aggregate_id
+    return OutgoingMessage(
+        key=message.id,
+        message_id=str(message.message_id),
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        event_type=message.event_type,
+        body=message.payload_json.encode(),
+        headers=headers,
+        timestamp=int(message.created_at.timestamp()),
+    )
+
+
+def _message_ids(by_id: dict[int, store.ClaimedMessage], ids: Sequence[int]) -> list[str]:
+    return [str(by_id[key].message_id) for key in ids]
+
+
+def _sleep_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not should_stop():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining, 0.1))

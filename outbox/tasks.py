@@ -1,0 +1,59 @@
+"""Celery tasks. ``publish_outbox`` is what Celery beat runs, every second by default:
+
+CELERY_BEAT_SCHEDULE = {
+    "outbox-publish": {
+        "task": "outbox.tasks.publish_outbox",
+        "schedule": 1.0,
+        "options": {"expires": 10},
+    },
+}
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import shared_task
+from django.db import DatabaseError, connections
+
+from outbox import conf
+from outbox.relay import Relay
+
+__all__ = ["publish_outbox"]
+
+logger = logging.getLogger("outbox.relay")
+
+# One relay (so one RabbitMQ connection) per worker process and thread, kept between runs:
+# opening an AMQP connection costs more than a typical run's work.
+_local = threading.local()
+
+
+@shared_task(name="outbox.tasks.publish_outbox", ignore_result=True)
+def publish_outbox(time_budget: float | None = None) -> int:
+    """Publish ready outbox rows for up to ``time_budget`` seconds (default
+    ``OUTBOX["TASK_TIME_BUDGET_SECONDS"]``) and return how many were published.
+
+    Overlapping runs, on one worker or many, are safe: each claims different rows. A broker
+    or database outage ends the run early without using up any row's attempts; the next run
+    tries again.
+    """
+    relay = _relay()
+    budget = conf.get("TASK_TIME_BUDGET_SECONDS") if time_budget is None else time_budget
+    try:
+        result = relay.drain(time_budget=budget)
+    except DatabaseError as error:
+        connections[relay.using].close()
+        logger.warning("publish_outbox: database unavailable: %s", error)
+        return 0
+    if result.broker_error is not None:
+        logger.warning("publish_outbox: broker unavailable: %s", result.broker_error)
+    return result.published
+
+
+def _relay() -> Relay:
+    relay: Relay | None = getattr(_local, "relay", None)
+    if relay is None:
+        relay = Relay()
+        _local.relay = relay
+    return relay
