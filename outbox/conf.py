@@ -19,6 +19,7 @@ class Setting:
     kind: type | tuple[type, ...]
     doc: str
     minimum: float | None = None
+    choices: tuple[str, ...] | None = None
 
 
 SETTINGS: dict[str, Setting] = {
@@ -48,6 +49,13 @@ SETTINGS: dict[str, Setting] = {
     ),
     "MAX_ATTEMPTS": Setting(
         10, int, "refusals (nack, unroutable) before a message is marked failed", minimum=1
+    ),
+    "ON_UNROUTABLE": Setting(
+        "retry",
+        str,
+        'a message no queue is bound for: "retry" (an attempt used, failed in the end) or'
+        ' "record" (marked published, the drop noted in last_error and logged)',
+        choices=("retry", "record"),
     ),
     "RETRY_BACKOFF_SECONDS": Setting(
         1.0, (int, float), "delay before the first retry; doubles per attempt", minimum=0
@@ -91,6 +99,10 @@ def get(name: str) -> Any:
     if setting.minimum is not None and isinstance(value, int | float) and value < setting.minimum:
         raise ImproperlyConfigured(
             f'settings.OUTBOX["{name}"] must be at least {setting.minimum}, got {value!r}'
+        )
+    if setting.choices is not None and value not in setting.choices:
+        raise ImproperlyConfigured(
+            f'settings.OUTBOX["{name}"] must be one of {setting.choices}, got {value!r}'
         )
     return value
 

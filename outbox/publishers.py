@@ -53,15 +53,17 @@ class OutgoingMessage:
 class PublishOutcome:
     """What became of each message of a batch, by key.
 
-    ``confirmed``: the broker took responsibility (basic.ack, not returned). ``refused``:
-    the broker answered no (basic.nack, basic.return for an unroutable message, or the
-    exchange could not be declared), with the reason; this counts as a failed attempt.
+    ``confirmed``: the broker took responsibility (basic.ack, not returned). ``unroutable``:
+    acked but returned (basic.return): no queue was bound for it, so RabbitMQ dropped it.
+    ``refused``: the broker answered no (basic.nack, or the exchange could not be declared).
+    Reasons are kept per key.
     ``unanswered``: the batch was cut short by ``broker_error`` (connection lost, broker
     unreachable, confirm timeout); those messages may or may not have arrived and are not the
     messages' fault.
     """
 
     confirmed: list[int] = field(default_factory=list)
+    unroutable: dict[int, str] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)
     unanswered: list[int] = field(default_factory=list)
     broker_error: str | None = None
@@ -126,7 +128,7 @@ class InMemoryPublisher(Publisher):
                 self.published.append(message)
                 outcome.confirmed.append(message.key)
             else:
-                outcome.refused[message.key] = _unroutable_reason(
+                outcome.unroutable[message.key] = _unroutable_reason(
                     message.exchange, message.routing_key, "NO_ROUTE"
                 )
         if after_send is not None:
@@ -230,7 +232,11 @@ class RabbitMQPublisher(Publisher):
         except (pika.exceptions.AMQPError, OSError, _ConfirmTimeoutError) as error:
             # The connection's state is unknown now: start afresh on the next batch.
             self._drop_connection()
-            answered = set(self._outcome.confirmed) | set(self._outcome.refused)
+            answered = (
+                set(self._outcome.confirmed)
+                | set(self._outcome.unroutable)
+                | set(self._outcome.refused)
+            )
             self._outcome.unanswered = [
                 message.key for message in messages if message.key not in answered
             ]
@@ -355,7 +361,7 @@ class RabbitMQPublisher(Publisher):
             if isinstance(method, pika.spec.Basic.Nack):
                 self._outcome.refused[key] = "nacked by the broker"
             elif key in self._returned:
-                self._outcome.refused[key] = self._returned.pop(key)
+                self._outcome.unroutable[key] = self._returned.pop(key)
             else:
                 self._outcome.confirmed.append(key)
         if not self._in_flight and self._connection is not None:

@@ -54,6 +54,7 @@ class RelaySettings:
     backoff_max_seconds: float
     poll_interval: float
     reconnect_backoff_max: float
+    on_unroutable: str = "retry"
 
     @classmethod
     def from_settings(cls) -> RelaySettings:
@@ -67,6 +68,7 @@ class RelaySettings:
             backoff_max_seconds=float(conf.get("RETRY_BACKOFF_MAX_SECONDS")),
             poll_interval=float(conf.get("POLL_INTERVAL_SECONDS")),
             reconnect_backoff_max=float(conf.get("RECONNECT_BACKOFF_MAX_SECONDS")),
+            on_unroutable=conf.get("ON_UNROUTABLE"),
         )
 
 
@@ -166,15 +168,34 @@ class Relay:
                 },
             )
 
+        refused = dict(outcome.refused)
+        if settings.on_unroutable == "record":
+            dropped = store.mark_published_unroutable(outcome.unroutable, using=self.using)
+            published += dropped
+            if outcome.unroutable:
+                metrics.messages_published(dropped)
+                logger.warning(
+                    "%d unroutable messages dropped by the broker, recorded as published: %s",
+                    len(outcome.unroutable),
+                    next(iter(outcome.unroutable.values())),
+                    extra={
+                        "event": "unroutable",
+                        "relay": self.name,
+                        "count": len(outcome.unroutable),
+                        "message_ids": _message_ids(by_id, list(outcome.unroutable)),
+                    },
+                )
+        else:
+            refused.update(outcome.unroutable)
         retry = store.schedule_retry(
-            outcome.refused,
+            refused,
             owner=self.name,
             max_attempts=settings.max_attempts,
             backoff_seconds=settings.backoff_seconds,
             backoff_max_seconds=settings.backoff_max_seconds,
             using=self.using,
         )
-        self._report_refusals(by_id, outcome.refused, retry)
+        self._report_refusals(by_id, refused, retry)
 
         released = store.release(outcome.unanswered, owner=self.name, using=self.using)
         if outcome.broker_error:

@@ -30,6 +30,7 @@ __all__ = [
     "RetryResult",
     "claim",
     "mark_published",
+    "mark_published_unroutable",
     "queries",
     "release",
     "schedule_retry",
@@ -115,6 +116,18 @@ def mark_published(ids: Sequence[int], *, using: str | None = None) -> int:
     if not ids:
         return 0
     return _execute_count("mark_published", {"ids": list(ids)}, using=using)
+
+
+def mark_published_unroutable(errors: Mapping[int, str], *, using: str | None = None) -> int:
+    """Mark rows the broker dropped as unroutable published, keeping the reason in
+    ``last_error`` (``ON_UNROUTABLE = "record"``); return how many."""
+    if not errors:
+        return 0
+    return _execute_count(
+        "mark_published_unroutable",
+        {"ids": list(errors), "errors": list(errors.values())},
+        using=using,
+    )
 
 
 def schedule_retry(

@@ -44,6 +44,15 @@ UPDATE outbox_message
 SET status = 'published', published_at = now(), lease_owner = '', lease_expires_at = NULL
 WHERE id = ANY(%(ids)s::bigint[]) AND status = 'ready';
 
+-- name: mark_published_unroutable
+-- ON_UNROUTABLE = "record": the broker accepted and dropped the message because no queue was
+-- bound for it. Published, with the drop kept in last_error as the trace.
+UPDATE outbox_message AS message
+SET status = 'published', published_at = now(), lease_owner = '', lease_expires_at = NULL,
+    last_error = dropped.error
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS dropped(id, error)
+WHERE message.id = dropped.id AND message.status = 'ready';
+
 -- name: schedule_retry
 -- Refused by the broker (nack, unroutable): one attempt used. The next one waits for an
 -- exponential backoff, capped, with "equal jitter" (between half and all of the delay) so

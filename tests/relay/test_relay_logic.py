@@ -1,0 +1,195 @@
+"""The relay's claim / settle rules against real PostgreSQL, with the in-memory publisher."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from outbox import Message, publish, publish_many
+from outbox.models import OutboxMessage
+from outbox.publishers import InMemoryPublisher
+from outbox.relay import Relay
+from tests.relay.conftest import fast_settings, memory_relay
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Status = OutboxMessage.Status
+
+
+def write(count: int, key: str | None = "1", event_type: str = "orders.placed") -> None:
+    with transaction.atomic():
+        publish_many(
+            Message(
+                event_type,
+                {"n": n},
+                aggregate_type="order" if key else None,
+                aggregate_id=key,
+            )
+            for n in range(count)
+        )
+
+
+def test_positions_follow_insertion_within_a_transaction() -> None:
+    with transaction.atomic():
+        first = publish("a.b", {}, aggregate_type="order", aggregate_id=1)
+        rest = publish_many([Message("a.b", {}, aggregate_type="order", aggregate_id=1)] * 3)
+    positions = [first.position, *(row.position for row in rest)]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == 4
+    stored = list(OutboxMessage.objects.order_by("id").values_list("position", flat=True))
+    assert stored == positions
+
+
+def test_a_claim_takes_only_the_oldest_unpublished_row_of_each_key() -> None:
+    write(3, key="1")
+    write(2, key="2")
+    write(2, key=None)
+    relay = memory_relay()
+    publisher = relay.publisher
+    assert isinstance(publisher, InMemoryPublisher)
+    result = relay.publish_batch()
+    # key 1: first row, key 2: first row, both keyless rows.
+    assert result.claimed == 4
+    assert [m.body for m in publisher.published] == [b'{"n": 0}'] * 3 + [b'{"n": 1}']
+    relay.drain()
+    assert OutboxMessage.objects.filter(status=Status.READY).count() == 0
+    bodies_key_1 = [
+        m.body for m in publisher.published if m.headers.get("aggregate_id") == "1"
+    ]
+    assert bodies_key_1 == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+
+
+def test_a_leased_row_is_not_claimed_twice_and_blocks_its_key() -> None:
+    write(2, key="1")
+    write(1, key="2")
+    from outbox import store
+
+    first = store.claim(owner="a", limit=10, lease_seconds=30)
+    second = store.claim(owner="b", limit=10, lease_seconds=30)
+    assert len(first) == 2
+    assert second == [], "the leased head blocks row 2 of its key; key 2's row is leased"
+
+
+def test_an_expired_lease_makes_the_rows_claimable_again() -> None:
+    write(1)
+    from outbox import store
+
+    [claimed] = store.claim(owner="crashed", limit=10, lease_seconds=30)
+    assert store.claim(owner="other", limit=10, lease_seconds=30) == []
+    OutboxMessage.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    [again] = store.claim(owner="other", limit=10, lease_seconds=30)
+    assert again.message_id == claimed.message_id
+    assert OutboxMessage.objects.get().lease_owner == "other"
+
+
+def test_refused_rows_use_attempts_then_fail_and_block_only_their_key() -> None:
+    write(2, key="poison", event_type="nowhere.x")
+    write(3, key="fine")
+    publisher = InMemoryPublisher(bindings={"events": ["orders.#"]})
+    relay = memory_relay(publisher, max_attempts=3)
+    for _ in range(5):
+        relay.drain()
+    poison = list(OutboxMessage.objects.filter(ordering_key="order:poison").order_by("position"))
+    assert [row.status for row in poison] == [Status.FAILED, Status.READY]
+    assert poison[0].attempts == 3
+    assert "unroutable" in poison[0].last_error
+    assert poison[1].attempts == 0, "the row behind a failed one is never tried"
+    fine = OutboxMessage.objects.filter(ordering_key="order:fine")
+    assert {row.status for row in fine} == {Status.PUBLISHED}
+
+
+def test_retries_wait_for_the_backoff() -> None:
+    write(1, key="1", event_type="nowhere.x")
+    relay = memory_relay(
+        InMemoryPublisher(bindings={"events": []}), backoff_seconds=60, backoff_max_seconds=600
+    )
+    assert relay.drain().retried == 1
+    row = OutboxMessage.objects.get()
+    assert row.attempts == 1
+    # Equal jitter: between half and all of 60 s.
+    delay = (row.next_attempt_at - timezone.now()).total_seconds()
+    assert 25 < delay <= 60
+    assert relay.drain().batches == 1, "not due yet: nothing claimed"
+
+
+def test_unroutable_can_be_recorded_as_published_with_a_trace() -> None:
+    write(1, key="1", event_type="nowhere.x")
+    relay = memory_relay(InMemoryPublisher(bindings={"events": []}), on_unroutable="record")
+    assert relay.drain().published == 1
+    row = OutboxMessage.objects.get()
+    assert row.status == Status.PUBLISHED
+    assert "unroutable" in row.last_error
+    assert row.attempts == 0
+
+
+def test_a_broker_outage_releases_rows_without_using_attempts() -> None:
+    write(3, key=None)
+    publisher = InMemoryPublisher()
+    publisher.broker_down = True
+    relay = memory_relay(publisher)
+    result = relay.drain()
+    assert result.broker_error is not None
+    assert result.published == 0
+    rows = list(OutboxMessage.objects.all())
+    assert {(r.status, r.attempts, r.lease_owner) for r in rows} == {(Status.READY, 0, "")}
+    publisher.broker_down = False
+    assert relay.drain().published == 3
+
+
+def test_the_wire_message_carries_the_row(settings: Any) -> None:
+    with transaction.atomic():
+        row = publish(
+            "orders.placed",
+            {"order_id": 7, "total": "9.50"},
+            aggregate_type="order",
+            aggregate_id=7,
+            headers={"traceparent": "00-abc-def-01"},
+            routing_key="orders.eu.placed",
+        )
+    publisher = InMemoryPublisher()
+    memory_relay(publisher).drain()
+    [sent] = publisher.published
+    assert sent.message_id == str(row.message_id)
+    assert (sent.exchange, sent.routing_key, sent.event_type) == (
+        "events",
+        "orders.eu.placed",
+        "orders.placed",
+    )
+    assert sent.headers == {
+        "traceparent": "00-abc-def-01",
+        "aggregate_type": "order",
+        "aggregate_id": "7",
+    }
+    assert sent.timestamp == int(row.created_at.timestamp())
+    import json
+
+    assert json.loads(sent.body) == {"order_id": 7, "total": "9.50"}
+
+
+def test_the_relay_refuses_to_run_inside_a_transaction() -> None:
+    relay = memory_relay()
+    with pytest.raises(RuntimeError, match="transaction.atomic"), transaction.atomic():
+        relay.publish_batch()
+
+
+def test_an_unknown_crash_point_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTBOX_RELAY_CRASH_AT", "sometimes")
+    with pytest.raises(ValueError, match="after_claim"):
+        Relay(InMemoryPublisher(), settings=fast_settings())
+
+
+def test_settings_are_validated(settings: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from outbox.relay import RelaySettings
+
+    settings.OUTBOX = {**settings.OUTBOX, "ON_UNROUTABLE": "ignore"}
+    with pytest.raises(ImproperlyConfigured, match="ON_UNROUTABLE"):
+        RelaySettings.from_settings()
+    settings.OUTBOX = {**settings.OUTBOX, "ON_UNROUTABLE": "retry", "BATCH_SIZE": 0}
+    with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE"):
+        RelaySettings.from_settings()
