@@ -41,6 +41,9 @@ logger = logging.getLogger("outbox.relay")
 CRASH_AT_ENV = "OUTBOX_RELAY_CRASH_AT"
 CRASH_POINTS = ("after_claim", "after_publish", "after_confirm")
 
+# How often a sleeping worker checks whether it was asked to stop.
+_STOP_CHECK_SECONDS = 0.25
+
 
 @dataclass(frozen=True)
 class RelaySettings:
@@ -277,13 +280,24 @@ class Relay:
                 failures = 0
                 self.publisher.keepalive()
                 try:
-                    listener.wait(self.settings.poll_interval)
+                    self._wait_for_work(listener, should_stop)
                 except psycopg.Error as error:
                     failures += 1
                     self._database_lost(error, failures)
                     _sleep_unless_stopped(self._backoff(failures), should_stop)
         finally:
             listener.close()
+
+    def _wait_for_work(
+        self, listener: store.ReadyListener, should_stop: Callable[[], bool]
+    ) -> None:
+        """Return on a notification, after the poll interval, or soon after a stop request
+        (the wait is sliced so that SIGTERM is honoured within a fraction of a second)."""
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not should_stop():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or listener.wait(min(remaining, _STOP_CHECK_SECONDS)):
+                return
 
     def close(self) -> None:
         """Close the broker connection."""

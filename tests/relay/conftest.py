@@ -100,4 +100,4 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     for process in started:
         if process.poll() is None:
             process.kill()
-        process.wait(timeout=10)
+        process.communicate(timeout=10)  # reaps it and closes its pipes
