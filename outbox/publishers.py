@@ -232,11 +232,11 @@ class RabbitMQPublisher(Publisher):
         except (pika.exceptions.AMQPError, OSError, _ConfirmTimeoutError) as error:
             # The connection's state is unknown now: start afresh on the next batch.
             self._drop_connection()
-            answered = (
-                set(self._outcome.confirmed)
-                | set(self._outcome.unroutable)
-                | set(self._outcome.refused)
-            )
+            # A broker that is shutting down returns messages as unroutable while its queues
+            # stop, just before it closes the connection: such answers say nothing about the
+            # messages and must not use up their attempts.
+            self._outcome.unroutable.clear()
+            answered = set(self._outcome.confirmed) | set(self._outcome.refused)
             self._outcome.unanswered = [
                 message.key for message in messages if message.key not in answered
             ]

@@ -124,9 +124,7 @@ def test_an_unreachable_broker_leaves_every_message_unanswered() -> None:
     memory = InMemoryPublisher()
     memory.broker_down = True
     rabbit = RabbitMQPublisher(
-        pika.ConnectionParameters(
-            host="127.0.0.1", port=1, connection_attempts=1, socket_timeout=1
-        )
+        pika.ConnectionParameters(host="127.0.0.1", port=1, connection_attempts=1, socket_timeout=1)
     )
     for publisher in (memory, rabbit):
         batch = [

@@ -57,9 +57,7 @@ def test_a_claim_takes_only_the_oldest_unpublished_row_of_each_key() -> None:
     assert [m.body for m in publisher.published] == [b'{"n": 0}'] * 3 + [b'{"n": 1}']
     relay.drain()
     assert OutboxMessage.objects.filter(status=Status.READY).count() == 0
-    bodies_key_1 = [
-        m.body for m in publisher.published if m.headers.get("aggregate_id") == "1"
-    ]
+    bodies_key_1 = [m.body for m in publisher.published if m.headers.get("aggregate_id") == "1"]
     assert bodies_key_1 == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
 
 
