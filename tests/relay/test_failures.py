@@ -104,7 +104,7 @@ def read_all(queue: str, expected: set[str], timeout: float) -> Counter[str]:
         deadline = time.monotonic() + timeout
         while not expected <= set(seen) and time.monotonic() < deadline:
             method, properties, _ = channel.basic_get(queue, auto_ack=True)
-            if method is None:
+            if method is None or properties is None:
                 connection.sleep(0.05)
             else:
                 seen[str(properties.message_id)] += 1

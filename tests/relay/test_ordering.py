@@ -3,6 +3,7 @@ overlapping writers and several relays at once."""
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
 import subprocess
@@ -110,12 +111,18 @@ def test_a_rolled_back_first_writer_lets_the_second_through(exchange: BoundQueue
     class Abort(Exception):
         pass
 
-    with pytest.raises(Abort), transaction.atomic():
-        publish("orders.changed", {"by": "A"}, aggregate_type="order", aggregate_id=1)
-        thread = in_thread(writer_b)
-        time.sleep(0.3)
-        raise Abort
-    thread.join(10)
+    threads: list[threading.Thread] = []
+
+    def write_a_then_abort() -> None:
+        with transaction.atomic():
+            publish("orders.changed", {"by": "A"}, aggregate_type="order", aggregate_id=1)
+            threads.append(in_thread(writer_b))
+            time.sleep(0.3)
+            raise Abort
+
+    with pytest.raises(Abort):
+        write_a_then_abort()
+    threads[0].join(10)
     assert b_done.is_set()
     assert drain_to(exchange, 1) == [{"by": "B"}]
 
@@ -171,7 +178,7 @@ def test_three_relays_keep_commit_order_per_aggregate_over_20000_rows(
         except BaseException as error:  # reported by the main thread
             errors.append(error)
 
-    writers = [in_thread(lambda seed=seed: writer(seed)) for seed in range(WRITERS)]
+    writers = [in_thread(functools.partial(writer, seed)) for seed in range(WRITERS)]
     for thread in writers:
         thread.join(120)
     assert errors == []

@@ -21,8 +21,11 @@ BOUND = "orders.#"
 
 
 class Harness(Protocol):
-    publisher: Publisher
-    exchange: str
+    @property
+    def publisher(self) -> Publisher: ...
+
+    @property
+    def exchange(self) -> str: ...
 
     def delivered(self, count: int) -> list[tuple[str, str, bytes]]:
         """(message_id, routing key, body) of what reached a queue bound with BOUND."""

@@ -170,7 +170,7 @@ def test_the_wire_message_carries_the_row(settings: Any) -> None:
 
 def test_the_relay_refuses_to_run_inside_a_transaction() -> None:
     relay = memory_relay()
-    with pytest.raises(RuntimeError, match="transaction.atomic"), transaction.atomic():
+    with pytest.raises(RuntimeError, match=r"transaction\.atomic"), transaction.atomic():
         relay.publish_batch()
 
 

@@ -121,7 +121,8 @@ def test_the_celery_task_drains_and_reuses_its_broker_connection(exchange: Bound
     relay = tasks._relay()
     assert isinstance(relay.publisher, RabbitMQPublisher)
     first_connection = relay.publisher.connection
-    assert first_connection is not None and first_connection.is_open
+    assert first_connection is not None
+    assert first_connection.is_open
     with transaction.atomic():
         publish("orders.placed", {"n": 20})
     assert tasks.publish_outbox.apply().get() == 1
