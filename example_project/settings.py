@@ -73,6 +73,15 @@ OUTBOX = {
 # Celery's own broker is Redis; RabbitMQ carries only the integration events.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_IGNORE_RESULT = True
+# The outbox relay, run by beat every second. Overlapping runs are safe (each claims other
+# rows); "expires" drops runs that queued up while no worker was free.
+CELERY_BEAT_SCHEDULE = {
+    "outbox-publish": {
+        "task": "outbox.tasks.publish_outbox",
+        "schedule": 1.0,
+        "options": {"expires": 10},
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -126,30 +126,49 @@ class Relay:
 
     def publish_batch(self) -> BatchResult:
         """Claim one batch, publish it and record the outcome. Database errors propagate."""
-        settings = self.settings
+        return self._publish(self._claim())
+
+    def _claim(self) -> list[store.ClaimedMessage]:
         claimed = store.claim(
             owner=self.name,
-            limit=settings.batch_size,
-            lease_seconds=settings.lease_seconds,
+            limit=self.settings.batch_size,
+            lease_seconds=self.settings.lease_seconds,
             using=self.using,
         )
+        if claimed:
+            logger.debug(
+                "claimed %d messages",
+                len(claimed),
+                extra={
+                    "event": "claim",
+                    "relay": self.name,
+                    "count": len(claimed),
+                    "message_ids": [str(m.message_id) for m in claimed],
+                },
+            )
+            self._crash_here("after_claim")
+        return claimed
+
+    def _publish(
+        self,
+        claimed: list[store.ClaimedMessage],
+        while_confirming: Callable[[], None] | None = None,
+    ) -> BatchResult:
+        """Publish ``claimed`` and settle it; ``while_confirming`` runs once the batch is
+        written and the broker is working on the confirms."""
         if not claimed:
             return BatchResult()
-        logger.debug(
-            "claimed %d messages",
-            len(claimed),
-            extra={
-                "event": "claim",
-                "relay": self.name,
-                "count": len(claimed),
-                "message_ids": [str(m.message_id) for m in claimed],
-            },
-        )
-        self._crash_here("after_claim")
+        settings = self.settings
+
+        def after_send() -> None:
+            self._crash_here("after_publish")
+            if while_confirming is not None:
+                while_confirming()
+
         outcome = self.publisher.publish_batch(
             [_outgoing(message) for message in claimed],
             confirm_timeout=settings.confirm_timeout,
-            after_send=lambda: self._crash_here("after_publish"),
+            after_send=after_send,
         )
         self._crash_here("after_confirm")
         by_id = {message.id: message for message in claimed}
@@ -233,20 +252,29 @@ class Relay:
         seconds have passed, or ``should_stop()`` is true. Database errors propagate."""
         deadline = None if time_budget is None else time.monotonic() + time_budget
         published = retried = failed = batches = 0
+        claimed = self._claim()
         while True:
-            result = self.publish_batch()
+            # The next batch is claimed while the broker confirms this one, so the database
+            # round trip costs no time. It cannot break per-key order: this batch's rows are
+            # still leased, which keeps every later row of their keys out of the next claim.
+            following = _Prefetch(self._claim)
+            stopping = (deadline is not None and time.monotonic() >= deadline) or (
+                should_stop is not None and should_stop()
+            )
+            result = self._publish(claimed, None if stopping else following)
             batches += 1
             published += result.published
             retried += result.retried
             failed += result.failed
-            done = (
-                result.claimed == 0
-                or result.broker_error is not None
-                or (deadline is not None and time.monotonic() >= deadline)
-                or (should_stop is not None and should_stop())
-            )
-            if done:
+            if following.error is not None:
+                raise following.error
+            if result.broker_error is not None:
+                store.release([m.id for m in following.claimed], owner=self.name, using=self.using)
                 return DrainResult(published, retried, failed, batches, result.broker_error)
+            if stopping or result.claimed == 0:
+                return DrainResult(published, retried, failed, batches)
+            # Rows of this batch's keys may have become claimable only now that it is marked.
+            claimed = following.claimed or self._claim()
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The long-running worker: drain, then sleep until rows commit, until stopped.
@@ -353,6 +381,22 @@ class Relay:
     def _crash_here(self, point: str) -> None:
         if self._crash_at == point:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Prefetch:
+    """Claims the next batch when called; a database error is kept for later, so that the
+    batch being confirmed is settled before it is raised."""
+
+    def __init__(self, claim: Callable[[], list[store.ClaimedMessage]]) -> None:
+        self._claim = claim
+        self.claimed: list[store.ClaimedMessage] = []
+        self.error: DatabaseError | None = None
+
+    def __call__(self) -> None:
+        try:
+            self.claimed = self._claim()
+        except DatabaseError as error:
+            self.error = error
 
 
 def _outgoing(message: store.ClaimedMessage) -> OutgoingMessage:

@@ -31,8 +31,9 @@ WITH claimable AS (
 UPDATE outbox_message AS message
 SET lease_owner = %(owner)s,
     lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
-FROM claimable
-WHERE message.id = claimable.id
+-- "= ANY(ARRAY(...))" makes the planner look the claimed ids up by primary key; a join with
+-- the CTE was planned as a hash join over a sequential scan of the whole table.
+WHERE message.id = ANY(ARRAY(SELECT id FROM claimable))
 RETURNING message.id, message.message_id, message.event_type, message.routing_key,
     message.exchange, message.aggregate_type, message.aggregate_id, message.payload::text,
     message.headers::text, message.created_at, message.position, message.attempts;

@@ -1,0 +1,353 @@
+"""Relay benchmark on the local services: raw pika limit, relay throughput (worker and Celery
+task), end-to-end latency at a steady write rate, and the write overhead of publish().
+
+    OUTBOX_DB_NAME=outbox_bench .venv/bin/python bench/relay.py [--quick]
+
+It works in its own database (created and migrated if missing; the outbox table is emptied
+between phases) and on a private exchange that it deletes at the end. Each phase prints one
+line; the summary compares with the targets of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("OUTBOX_DB_NAME", "outbox_bench")
+EXCHANGE = f"bench-{uuid.uuid4().hex[:8]}"
+os.environ["OUTBOX_EXCHANGE"] = EXCHANGE
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import pika  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+
+from example_project.shop.models import Order  # noqa: E402
+from outbox import Message, publish, publish_many  # noqa: E402
+from outbox.broker import connection_parameters  # noqa: E402
+from outbox.models import OutboxMessage  # noqa: E402
+from outbox.relay import Relay  # noqa: E402
+
+PYTHON = sys.executable
+BODY = b'{"order_id":"2f0c3a6e-1d2b-4c55-9a43-5d7f3b1e9c10","sku":"demo-mug","quantity":2}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    options = parser.parse_args()
+    logging.getLogger("outbox").setLevel(logging.WARNING)
+    rows = 5_000 if options.quick else 50_000
+    latency_seconds = 5 if options.quick else 20
+    overhead_transactions = 300 if options.quick else 2_000
+
+    subprocess.run([PYTHON, "scripts/create_database.py"], cwd=REPO_ROOT, check=True)
+    call_command("migrate", verbosity=0)
+    queue = declare_queue()
+    print(f"database {connection.settings_dict['NAME']}, exchange {EXCHANGE}; {cpu_note()}")
+    try:
+        raw = raw_pika_rate(rows, queue)
+        print(f"raw pika, pipelined confirms:       {raw:8.0f} msg/s")
+        worker = relay_rate(rows, queue)
+        print(
+            f"relay, one process:                 {worker:8.0f} msg/s  ({worker / raw:.0%} of raw)"
+        )
+        task = celery_task_rate(rows, queue)
+        print(f"relay, Celery task path:            {task:8.0f} msg/s  ({task / raw:.0%} of raw)")
+        low = latency(["outbox_relay"], latency_seconds, queue)
+        print(f"latency, outbox_relay worker:       {format_latency(low)}")
+        beat = latency(["celery-beat"], latency_seconds, queue)
+        print(f"latency, Celery beat only (1 s):    {format_latency(beat)}")
+        ratio = write_overhead(overhead_transactions)
+        print(f"write overhead of publish():        {ratio:8.2f}x")
+    finally:
+        delete_queue(queue)
+    print()
+    print(f"targets: relay >= 50% of raw ({worker / raw:.0%}), low-latency p50 <= 15 ms")
+    print(f"({low[0]:.1f}), p99 <= 100 ms ({low[2]:.1f}), write overhead <= 1.5x ({ratio:.2f}x)")
+
+
+def cpu_note() -> str:
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} CPUs, load average {load:.1f} at start"
+
+
+# -- broker helpers ------------------------------------------------------------------------
+
+
+def broker() -> pika.BlockingConnection:
+    return pika.BlockingConnection(connection_parameters(client_name="outbox-bench"))
+
+
+def declare_queue() -> str:
+    name = f"{EXCHANGE}-queue"
+    with_channel(
+        lambda channel: (
+            channel.exchange_declare(
+                EXCHANGE, exchange_type=pika.exchange_type.ExchangeType("topic"), durable=True
+            ),
+            channel.queue_declare(name, durable=True),
+            channel.queue_bind(name, EXCHANGE, routing_key="#"),
+        )
+    )
+    return name
+
+
+def purge(queue: str) -> None:
+    with_channel(lambda channel: channel.queue_purge(queue))
+
+
+def delete_queue(queue: str) -> None:
+    with_channel(lambda channel: (channel.queue_delete(queue), channel.exchange_delete(EXCHANGE)))
+
+
+def with_channel(work: Any) -> None:
+    connection_ = broker()
+    try:
+        work(connection_.channel())
+    finally:
+        connection_.close()
+
+
+# -- throughput ----------------------------------------------------------------------------
+
+
+def raw_pika_rate(count: int, queue: str) -> float:
+    """The broker's limit for this client, no database: every message written back to back
+    on one channel in confirm mode, confirms collected as they come (pipelined)."""
+    connection_ = broker()
+    channel = connection_.channel()
+    core = getattr(channel, "_impl")  # noqa: B009  # pika has no public pipelined confirms
+    state = {"selected": False, "confirmed": 0}
+
+    def on_confirm(frame: Any) -> None:
+        method = frame.method
+        state["confirmed"] = method.delivery_tag if method.multiple else state["confirmed"] + 1
+
+    core.confirm_delivery(on_confirm, callback=lambda frame: state.update(selected=True))
+    while not state["selected"]:
+        connection_.process_data_events(0.01)  # type: ignore[arg-type]  # stub: int
+    started = time.perf_counter()
+    for n in range(count):
+        properties = pika.BasicProperties(
+            message_id=str(uuid.uuid4()),
+            type="orders.order_placed",
+            content_type="application/json",
+            delivery_mode=2,
+            timestamp=int(time.time()),
+            headers={"aggregate_type": "order", "aggregate_id": str(n)},
+        )
+        core.basic_publish(EXCHANGE, "orders.order_placed", BODY, properties, mandatory=True)
+        if n % 200 == 199:
+            connection_.process_data_events(0)
+    while state["confirmed"] < count:
+        connection_.process_data_events(0.001)  # type: ignore[arg-type]  # stub: int
+    elapsed = time.perf_counter() - started
+    connection_.close()
+    purge(queue)
+    return count / elapsed
+
+
+def fill_outbox(count: int, aggregates: int = 10_000) -> None:
+    """``count`` ready rows, ``count / aggregates`` per aggregate, keys interleaved."""
+    empty_outbox()
+    for start in range(0, count, 2_000):
+        with transaction.atomic():
+            publish_many(
+                Message(
+                    "orders.order_placed",
+                    {"order_id": n, "sku": "demo-mug", "quantity": 2},
+                    aggregate_type="order",
+                    aggregate_id=n % aggregates,
+                )
+                for n in range(start, min(start + 2_000, count))
+            )
+
+
+def empty_outbox() -> None:
+    # TRUNCATE, not DELETE: the phases must not leave each other dead rows to step over.
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_message")
+
+
+def relay_rate(count: int, queue: str) -> float:
+    fill_outbox(count)
+    relay = Relay()
+    started = time.perf_counter()
+    result = relay.drain()
+    elapsed = time.perf_counter() - started
+    relay.close()
+    assert result.published == count, result
+    purge(queue)
+    return count / elapsed
+
+
+def celery_task_rate(count: int, queue: str) -> float:
+    """A real Celery worker (Redis broker) runs publish_outbox, sent once a second as beat
+    would; timed from the first send until every row is published."""
+    fill_outbox(count)
+    worker = start_celery(["worker", "--pool=solo", "--concurrency=1"])
+    try:
+        from outbox.tasks import publish_outbox
+
+        started = time.perf_counter()
+        while OutboxMessage.objects.filter(status="ready").exists():
+            publish_outbox.apply_async(expires=10)
+            time.sleep(1.0)
+            if time.perf_counter() - started > 600:
+                raise RuntimeError("the Celery worker did not drain the outbox in 10 minutes")
+        # The loop polls once a second; the last row's publication time is exact.
+        last = OutboxMessage.objects.order_by("-published_at").values_list(
+            "published_at", flat=True
+        )[0]
+        first_sent = time.time() - (time.perf_counter() - started)
+        assert last is not None
+        elapsed = last.timestamp() - first_sent
+    finally:
+        stop(worker)
+    purge(queue)
+    return count / elapsed
+
+
+def start_celery(arguments: list[str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [PYTHON, "-m", "celery", "-A", "example_project", *arguments, "--loglevel=WARNING"],
+        cwd=REPO_ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(4)  # Celery start-up; the measurements start afterwards
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+def latency(mode: list[str], seconds: int, queue: str) -> tuple[float, float, float]:
+    """Commit-to-receipt latency at 200 transactions/s, each writing one business row and
+    one outbox row; returns p50, p95, p99 in milliseconds."""
+    empty_outbox()
+    purge(queue)
+    if mode == ["outbox_relay"]:
+        relay = subprocess.Popen(
+            [PYTHON, "manage.py", "outbox_relay"],
+            cwd=REPO_ROOT,
+            env=dict(os.environ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(2)
+    else:
+        schedule = f"/tmp/outbox-bench-beat-{uuid.uuid4().hex[:8]}"
+        relay = start_celery(
+            ["worker", "--beat", f"--schedule={schedule}", "--pool=solo", "--concurrency=1"]
+        )
+    committed: dict[str, float] = {}
+    received: dict[str, float] = {}
+    done = threading.Event()
+    consumer = threading.Thread(target=consume, args=(queue, received, done), daemon=True)
+    consumer.start()
+    try:
+        interval = 1 / 200
+        next_at = time.perf_counter()
+        end = next_at + seconds
+        while next_at < end:
+            with transaction.atomic():
+                order = Order.objects.create(sku="demo-mug", quantity=1)
+                row = publish("orders.order_placed", {"order_id": order.pk})
+            committed[str(row.message_id)] = time.time()
+            next_at += interval
+            pause = next_at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        deadline = time.monotonic() + 15
+        while len(received) < len(committed) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        done.set()
+        consumer.join(10)
+        stop(relay)
+    if len(received) < len(committed):
+        raise RuntimeError(f"only {len(received)} of {len(committed)} messages arrived")
+    delays = sorted((received[key] - committed[key]) * 1000 for key in committed)
+    cuts = statistics.quantiles(delays, n=100)
+    return cuts[49], cuts[94], cuts[98]
+
+
+def consume(queue: str, received: dict[str, float], done: threading.Event) -> None:
+    connection_ = broker()
+    channel = connection_.channel()
+
+    def on_message(channel_: Any, method: Any, properties: Any, body: bytes) -> None:
+        received.setdefault(properties.message_id, time.time())
+
+    channel.basic_consume(queue, on_message, auto_ack=True)
+    while not done.is_set():
+        connection_.process_data_events(0.05)  # type: ignore[arg-type]  # stub: int
+    connection_.close()
+
+
+def format_latency(cuts: tuple[float, float, float]) -> str:
+    return "p50 {:.1f} ms, p95 {:.1f} ms, p99 {:.1f} ms".format(*cuts)
+
+
+# -- write overhead ------------------------------------------------------------------------
+
+
+def write_overhead(transactions: int) -> float:
+    """Mean time of a transaction inserting one order, with and without one publish()."""
+
+    def plain() -> None:
+        with transaction.atomic():
+            Order.objects.create(sku="demo-mug", quantity=1)
+
+    def with_outbox() -> None:
+        with transaction.atomic():
+            order = Order.objects.create(sku="demo-mug", quantity=1)
+            publish(
+                "orders.order_placed",
+                {"order_id": order.pk, "sku": "demo-mug", "quantity": 1},
+                aggregate_type="order",
+                aggregate_id=order.pk,
+            )
+
+    timings: dict[str, list[float]] = {"plain": [], "outbox": []}
+    for _ in range(50):  # warm-up
+        plain()
+        with_outbox()
+    for _ in range(transactions):
+        # Interleaved, so both variants see the same background load.
+        for name, work in (("plain", plain), ("outbox", with_outbox)):
+            started = time.perf_counter()
+            work()
+            timings[name].append(time.perf_counter() - started)
+    return statistics.median(timings["outbox"]) / statistics.median(timings["plain"])
+
+
+if __name__ == "__main__":
+    main()
