@@ -306,7 +306,6 @@ class Relay:
                     _sleep_unless_stopped(delay, should_stop)
                     continue
                 failures = 0
-                self.publisher.keepalive()
                 try:
                     self._wait_for_work(listener, should_stop)
                 except psycopg.Error as error:
@@ -323,6 +322,7 @@ class Relay:
         (the wait is sliced so that SIGTERM is honoured within a fraction of a second)."""
         deadline = time.monotonic() + self.settings.poll_interval
         while not should_stop():
+            self.publisher.keepalive()  # answer RabbitMQ's heartbeats while idle
             remaining = deadline - time.monotonic()
             if remaining <= 0 or listener.wait(min(remaining, _STOP_CHECK_SECONDS)):
                 return
