@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from outbox import conf, metrics, store
 from outbox.models import OutboxMessage
-from outbox.publishers import OutgoingMessage, Publisher, RabbitMQPublisher
+from outbox.publishers import OutgoingMessage, Publisher, PublishOutcome, RabbitMQPublisher
 
 __all__ = ["CRASH_AT_ENV", "BatchResult", "DrainResult", "Relay", "RelaySettings"]
 
@@ -40,6 +40,8 @@ logger = logging.getLogger("outbox.relay")
 # CRASH_POINTS; it has no other use.
 CRASH_AT_ENV = "OUTBOX_RELAY_CRASH_AT"
 CRASH_POINTS = ("after_claim", "after_publish", "after_confirm")
+
+_Claimed = dict[int, store.ClaimedMessage]
 
 # How often a sleeping worker checks whether it was asked to stop.
 _STOP_CHECK_SECONDS = 0.25
@@ -136,16 +138,8 @@ class Relay:
             using=self.using,
         )
         if claimed:
-            logger.debug(
-                "claimed %d messages",
-                len(claimed),
-                extra={
-                    "event": "claim",
-                    "relay": self.name,
-                    "count": len(claimed),
-                    "message_ids": [str(m.message_id) for m in claimed],
-                },
-            )
+            by_id = {message.id: message for message in claimed}
+            self._log(logging.DEBUG, "claim", by_id, list(by_id), "claimed %d messages")
             self._crash_here("after_claim")
         return claimed
 
@@ -171,44 +165,54 @@ class Relay:
             after_send=after_send,
         )
         self._crash_here("after_confirm")
+        return self._settle(claimed, outcome)
+
+    def _settle(self, claimed: list[store.ClaimedMessage], outcome: PublishOutcome) -> BatchResult:
+        """Record the broker's answers: one statement per kind of answer."""
         by_id = {message.id: message for message in claimed}
-
-        published = store.mark_published(outcome.confirmed, using=self.using)
-        if outcome.confirmed:
-            confirmed_at = timezone.now()
-            metrics.messages_published(published)
-            for key in outcome.confirmed:
-                metrics.publish_latency((confirmed_at - by_id[key].created_at).total_seconds())
-            logger.info(
-                "published %d messages",
-                len(outcome.confirmed),
-                extra={
-                    "event": "publish",
-                    "relay": self.name,
-                    "count": len(outcome.confirmed),
-                    "message_ids": _message_ids(by_id, outcome.confirmed),
-                },
-            )
-
+        published = self._settle_confirmed(by_id, outcome.confirmed)
         refused = dict(outcome.refused)
-        if settings.on_unroutable == "record":
-            dropped = store.mark_published_unroutable(outcome.unroutable, using=self.using)
-            published += dropped
-            if outcome.unroutable:
-                metrics.messages_published(dropped)
-                logger.warning(
-                    "%d unroutable messages dropped by the broker, recorded as published: %s",
-                    len(outcome.unroutable),
-                    next(iter(outcome.unroutable.values())),
-                    extra={
-                        "event": "unroutable",
-                        "relay": self.name,
-                        "count": len(outcome.unroutable),
-                        "message_ids": _message_ids(by_id, list(outcome.unroutable)),
-                    },
-                )
+        if self.settings.on_unroutable == "record":
+            published += self._settle_unroutable(by_id, outcome.unroutable)
         else:
             refused.update(outcome.unroutable)
+        retry = self._settle_refused(by_id, refused)
+        released = self._settle_unanswered(by_id, outcome)
+        return BatchResult(
+            claimed=len(claimed),
+            published=published,
+            retried=len(retry.retried),
+            failed=len(retry.failed),
+            released=released,
+            broker_error=outcome.broker_error,
+        )
+
+    def _settle_confirmed(self, by_id: _Claimed, confirmed: list[int]) -> int:
+        published = store.mark_published(confirmed, using=self.using)
+        if confirmed:
+            confirmed_at = timezone.now()
+            metrics.messages_published(published)
+            for key in confirmed:
+                metrics.publish_latency((confirmed_at - by_id[key].created_at).total_seconds())
+            self._log(logging.INFO, "publish", by_id, confirmed, "published %d messages")
+        return published
+
+    def _settle_unroutable(self, by_id: _Claimed, unroutable: dict[int, str]) -> int:
+        recorded = store.mark_published_unroutable(unroutable, using=self.using)
+        if unroutable:
+            metrics.messages_published(recorded)
+            self._log(
+                logging.WARNING,
+                "unroutable",
+                by_id,
+                list(unroutable),
+                "%d unroutable messages dropped by the broker, recorded as published: %s",
+                next(iter(unroutable.values())),
+            )
+        return recorded
+
+    def _settle_refused(self, by_id: _Claimed, refused: dict[int, str]) -> store.RetryResult:
+        settings = self.settings
         retry = store.schedule_retry(
             refused,
             owner=self.name,
@@ -217,29 +221,63 @@ class Relay:
             backoff_max_seconds=settings.backoff_max_seconds,
             using=self.using,
         )
-        self._report_refusals(by_id, refused, retry)
+        if retry.retried:
+            metrics.messages_retried(len(retry.retried))
+            self._log(
+                logging.WARNING,
+                "retry",
+                by_id,
+                retry.retried,
+                "%d messages refused by the broker, will retry: %s",
+                refused[retry.retried[0]],
+            )
+        if retry.failed:
+            metrics.messages_failed(len(retry.failed))
+            self._log(
+                logging.ERROR,
+                "fail",
+                by_id,
+                retry.failed,
+                f"%d messages failed after {settings.max_attempts} attempts: %s",
+                refused[retry.failed[0]],
+            )
+        return retry
 
+    def _settle_unanswered(self, by_id: _Claimed, outcome: PublishOutcome) -> int:
         released = store.release(outcome.unanswered, owner=self.name, using=self.using)
         if outcome.broker_error:
-            logger.warning(
+            self._log(
+                logging.WARNING,
+                "release",
+                by_id,
+                outcome.unanswered,
                 "broker unavailable, %d messages released with attempts unchanged: %s",
-                len(outcome.unanswered),
                 outcome.broker_error,
-                extra={
-                    "event": "release",
-                    "relay": self.name,
-                    "count": len(outcome.unanswered),
-                    "message_ids": _message_ids(by_id, outcome.unanswered),
-                    "error": outcome.broker_error,
-                },
             )
-        return BatchResult(
-            claimed=len(claimed),
-            published=published,
-            retried=len(retry.retried),
-            failed=len(retry.failed),
-            released=released,
-            broker_error=outcome.broker_error,
+        return released
+
+    def _log(
+        self,
+        level: int,
+        event: str,
+        by_id: _Claimed,
+        ids: Sequence[int],
+        message: str,
+        *detail: str,
+    ) -> None:
+        """One structured line: ``message`` gets the count (and ``detail``); ``extra`` carries
+        the event name, the relay, the count and the message ids for log processors."""
+        logger.log(
+            level,
+            message,
+            len(ids),
+            *detail,
+            extra={
+                "event": event,
+                "relay": self.name,
+                "count": len(ids),
+                "message_ids": [str(by_id[key].message_id) for key in ids],
+            },
         )
 
     def drain(
@@ -331,40 +369,6 @@ class Relay:
         """Close the broker connection."""
         self.publisher.close()
 
-    def _report_refusals(
-        self,
-        by_id: dict[int, store.ClaimedMessage],
-        refused: dict[int, str],
-        retry: store.RetryResult,
-    ) -> None:
-        if retry.retried:
-            metrics.messages_retried(len(retry.retried))
-            logger.warning(
-                "%d messages refused by the broker, will retry: %s",
-                len(retry.retried),
-                refused[retry.retried[0]],
-                extra={
-                    "event": "retry",
-                    "relay": self.name,
-                    "count": len(retry.retried),
-                    "message_ids": _message_ids(by_id, retry.retried),
-                },
-            )
-        if retry.failed:
-            metrics.messages_failed(len(retry.failed))
-            logger.error(
-                "%d messages failed after %d attempts: %s",
-                len(retry.failed),
-                self.settings.max_attempts,
-                refused[retry.failed[0]],
-                extra={
-                    "event": "fail",
-                    "relay": self.name,
-                    "count": len(retry.failed),
-                    "message_ids": _message_ids(by_id, retry.failed),
-                },
-            )
-
     def _database_lost(self, error: Exception, failures: int) -> None:
         # Django reconnects on the next query once the broken connection is closed.
         connections[self.using].close()
@@ -414,10 +418,6 @@ def _outgoing(message: store.ClaimedMessage) -> OutgoingMessage:
         headers=headers,
         timestamp=int(message.created_at.timestamp()),
     )
-
-
-def _message_ids(by_id: dict[int, store.ClaimedMessage], ids: Sequence[int]) -> list[str]:
-    return [str(by_id[key].message_id) for key in ids]
 
 
 def _sleep_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> None:

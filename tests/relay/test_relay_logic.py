@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -191,3 +192,61 @@ def test_settings_are_validated(settings: Any) -> None:
     settings.OUTBOX = {**settings.OUTBOX, "ON_UNROUTABLE": "retry", "BATCH_SIZE": 0}
     with pytest.raises(ImproperlyConfigured, match="BATCH_SIZE"):
         RelaySettings.from_settings()
+
+
+def test_logs_and_metrics_report_counts_and_message_ids(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outbox import metrics
+
+    reported: dict[str, list[float]] = {"published": [], "retried": [], "failed": [], "latency": []}
+    monkeypatch.setattr(metrics, "messages_published", reported["published"].append)
+    monkeypatch.setattr(metrics, "messages_retried", reported["retried"].append)
+    monkeypatch.setattr(metrics, "messages_failed", reported["failed"].append)
+    monkeypatch.setattr(metrics, "publish_latency", reported["latency"].append)
+    write(2, key=None)
+    write(1, key="poison", event_type="nowhere.x")
+    relay = memory_relay(InMemoryPublisher(bindings={"events": ["orders.#"]}), max_attempts=2)
+    with caplog.at_level(logging.DEBUG, logger="outbox.relay"):
+        relay.drain()
+        relay.drain()
+    events = {record.__dict__["event"]: record for record in caplog.records}
+    assert set(events) == {"claim", "publish", "retry", "fail"}
+    good_ids = {
+        str(m)
+        for m in OutboxMessage.objects.filter(ordering_key="").values_list("message_id", flat=True)
+    }
+    assert set(events["publish"].__dict__["message_ids"]) == good_ids
+    assert events["publish"].__dict__["count"] == 2
+    poison_id = str(OutboxMessage.objects.get(ordering_key="order:poison").message_id)
+    assert events["fail"].__dict__["message_ids"] == [poison_id]
+    assert "unroutable" in events["fail"].getMessage()
+    assert reported["published"] == [2]
+    assert (reported["retried"], reported["failed"]) == ([1], [1])
+    assert len(reported["latency"]) == 2
+    assert all(0 <= seconds < 60 for seconds in reported["latency"])
+
+
+def test_the_listener_wakes_on_commit_and_times_out_otherwise() -> None:
+    from outbox.store import ReadyListener
+
+    listener = ReadyListener()
+    try:
+        assert listener.wait(0.05) is False
+        write(1)
+        assert listener.wait(5) is True
+        assert listener.wait(0.05) is False, "one commit, one wake-up"
+
+        class Abort(Exception):
+            pass
+
+        def write_then_roll_back() -> None:
+            with transaction.atomic():
+                publish("orders.placed", {})
+                raise Abort
+
+        with pytest.raises(Abort):
+            write_then_roll_back()
+        assert listener.wait(0.2) is False, "a rollback notifies nobody"
+    finally:
+        listener.close()
