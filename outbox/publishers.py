@@ -211,6 +211,8 @@ class RabbitMQPublisher(Publisher):
         after_send: Callable[[], None] | None = None,
     ) -> PublishOutcome:
         self._outcome = PublishOutcome()
+        if not messages:
+            return self._outcome
         self._in_flight = {}
         self._returned = {}
         self._key_by_message_id = {message.message_id: message.key for message in messages}
