@@ -1,6 +1,22 @@
 -- The relay's SQL, one named query per block ("-- name: <name>" starts a block).
 -- Loaded by outbox/store.py; parameters use the %(name)s style of Django's cursor.
 
+-- name: insert_message
+-- outbox.publish(): one row, written with this prepared statement rather than Model.save(),
+-- whose per-call SQL compilation cost about as much as the insert itself. The trigger of
+-- migration 0002_relay assigns the position, returned with the id.
+INSERT INTO outbox_message (
+    message_id, event_type, routing_key, exchange, aggregate_type, aggregate_id,
+    ordering_key, payload, headers, status, attempts, next_attempt_at, last_error,
+    created_at, published_at, lease_owner, lease_expires_at
+) VALUES (
+    %(message_id)s, %(event_type)s, %(routing_key)s, %(exchange)s, %(aggregate_type)s,
+    %(aggregate_id)s, %(ordering_key)s, %(payload)s::jsonb, %(headers)s::jsonb, %(status)s,
+    %(attempts)s, %(next_attempt_at)s, %(last_error)s, %(created_at)s, %(published_at)s,
+    %(lease_owner)s, %(lease_expires_at)s
+)
+RETURNING id, position;
+
 -- name: claim
 -- Lease up to %(limit)s ready, due rows that no other relay holds, oldest position first.
 -- A row with an ordering key is taken only when no older row of its key is still unpublished
