@@ -234,9 +234,9 @@ class RabbitMQPublisher(Publisher):
         except (pika.exceptions.AMQPError, OSError, _ConfirmTimeoutError) as error:
             # The connection's state is unknown now: start afresh on the next batch.
             self._drop_connection()
-            # A broker that is shutting down returns messages as unroutable while its queues
-            # stop, just before it closes the connection: such answers say nothing about the
-            # messages and must not use up their attempts.
+            # Returns seen in a batch that a broken connection cut short are not trusted
+            # (the broker may have been stopping its queues): like the rest of the batch they
+            # are sent again, so an outage never uses up attempts.
             self._outcome.unroutable.clear()
             answered = set(self._outcome.confirmed) | set(self._outcome.refused)
             self._outcome.unanswered = [
