@@ -100,12 +100,7 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
             raise type(error)(f"message {position}: {error}") from error
     alias = _writable_alias(using)
     if rows:
-        # Inserted grouped by ordering key (a stable sort keeps each key's order), so every
-        # call takes the per-key locks of the position trigger in the same order: two calls
-        # writing the same keys in opposite orders cannot deadlock. Order across keys is not
-        # promised anyway.
-        by_key = sorted(rows, key=lambda row: row.ordering_key)
-        OutboxMessage.objects.using(alias).bulk_create(by_key)
+        OutboxMessage.objects.using(alias).bulk_create(rows)
     return rows
 
 

@@ -198,37 +198,3 @@ def test_three_relays_keep_commit_order_per_aggregate_over_20000_rows(
     for relay in relays:
         _, err = relay.communicate(timeout=30)
         assert relay.returncode == 0, err.decode()[-2000:]
-
-
-def test_publish_many_in_opposite_key_orders_does_not_deadlock() -> None:
-    keys = [str(n) for n in range(20)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
-
-    def writer(order: list[str]) -> None:
-        try:
-            for _ in range(10):
-                barrier.wait(5)
-                with transaction.atomic():
-                    publish_many(
-                        Message(
-                            "orders.changed", {"key": key}, aggregate_type="order", aggregate_id=key
-                        )
-                        for key in order
-                    )
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
-
-    threads = [in_thread(functools.partial(writer, order)) for order in (keys, keys[::-1])]
-    for thread in threads:
-        thread.join(30)
-    assert errors == []
-    assert OutboxMessage.objects.count() == 2 * 10 * len(keys)
-    # Returned in the caller's order even though inserted grouped by key.
-    with transaction.atomic():
-        rows = publish_many(
-            Message("orders.changed", {"n": n}, aggregate_type="order", aggregate_id=key)
-            for n, key in enumerate(["b", "a", "b"])
-        )
-    assert [row.payload["n"] for row in rows] == [0, 1, 2]
-    assert rows[0].position < rows[2].position
