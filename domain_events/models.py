@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.functions import Now
 
 
 class TransactionIdField(models.BigIntegerField):  # type: ignore[type-arg]
@@ -38,7 +39,9 @@ class StoredEvent(models.Model):
 
     position = models.BigAutoField(primary_key=True)
     transaction_id = TransactionIdField(
-        db_default=models.Func(function="pg_current_xact_id", output_field=models.BigIntegerField()),
+        db_default=models.Func(
+            function="pg_current_xact_id", output_field=models.BigIntegerField()
+        ),
         editable=False,
     )
     event_id = models.UUIDField(unique=True)
@@ -49,9 +52,10 @@ class StoredEvent(models.Model):
     schema_version = models.PositiveSmallIntegerField()
     data = models.JSONField()
     metadata = models.JSONField(default=dict)
-    triggering_message_id = models.CharField(max_length=255, null=True, blank=True)
+    # "" when the save named no triggering message.
+    triggering_message_id = models.CharField(max_length=255, blank=True, default="")
     occurred_at = models.DateTimeField()
-    recorded_at = models.DateTimeField(db_default=models.functions.Now())
+    recorded_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         constraints = [
@@ -66,7 +70,7 @@ class StoredEvent(models.Model):
             models.Index(
                 fields=["aggregate_type", "aggregate_id", "triggering_message_id"],
                 name="domain_events_triggering_idx",
-                condition=models.Q(triggering_message_id__isnull=False),
+                condition=~models.Q(triggering_message_id=""),
             ),
             # Followers read in (transaction_id, position) order.
             models.Index(fields=["transaction_id", "position"], name="domain_events_follow_idx"),
@@ -106,7 +110,7 @@ class Snapshot(models.Model):
     version = models.PositiveBigIntegerField()
     schema_version = models.PositiveSmallIntegerField()
     state = models.JSONField()
-    taken_at = models.DateTimeField(db_default=models.functions.Now())
+    taken_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         constraints = [

@@ -232,6 +232,6 @@ def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
         version=int(version),
         event=event,
         metadata=metadata,
-        triggering_message_id=triggering_message_id,
+        triggering_message_id=triggering_message_id or None,
         recorded_at=recorded_at,
     )

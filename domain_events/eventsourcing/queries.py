@@ -12,7 +12,9 @@ def _load() -> dict[str, str]:
     text = resources.files("domain_events").joinpath("sql/event_store.sql").read_text("utf-8")
     parts = _NAME_LINE.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {
+        name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
 
 
 queries = _load()

@@ -15,7 +15,6 @@ import json
 import types
 import typing
 from decimal import Decimal
-from functools import cache
 from typing import Any
 from uuid import UUID
 
@@ -77,14 +76,20 @@ def event_from_data(
         ) from error
 
 
-@cache
+_field_types_cache: dict[type[DomainEvent], dict[str, Any]] = {}
+
+
 def _field_types(cls: type[DomainEvent]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {
-        field.name: hints.get(field.name, Any)
-        for field in dataclasses.fields(cls)
-        if field.name not in _BASE_FIELDS
-    }
+    types_by_name = _field_types_cache.get(cls)
+    if types_by_name is None:
+        hints = typing.get_type_hints(cls)
+        types_by_name = {
+            field.name: hints.get(field.name, Any)
+            for field in dataclasses.fields(cls)
+            if field.name not in _BASE_FIELDS
+        }
+        _field_types_cache[cls] = types_by_name
+    return types_by_name
 
 
 def _decode(annotation: Any, value: Any) -> Any:

@@ -55,7 +55,9 @@ class EventStore:
             StoredEvent.objects.using(self.using)
             .filter(**key, version__gt=after)
             .order_by("version")
-            .values_list("version", "event_type", "schema_version", "event_id", "occurred_at", "data")
+            .values_list(
+                "version", "event_type", "schema_version", "event_id", "occurred_at", "data"
+            )
         )
         replayed = 0
         for version, event_type, schema_version, event_id, occurred_at, data in rows.iterator(
@@ -115,7 +117,7 @@ class EventStore:
                 schema_version=current_schema_version(event.event_type),
                 data=event_data(event),
                 metadata=event_metadata,
-                triggering_message_id=triggering_message_id,
+                triggering_message_id=triggering_message_id or "",
                 occurred_at=event.occurred_at,
             )
             for offset, event in enumerate(pending, start=1)

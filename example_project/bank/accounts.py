@@ -37,9 +37,7 @@ class Account(EventSourcedAggregate, aggregate_type="bank.account"):
     def deposit(self, amount: Decimal) -> None:
         self._require_open_and_positive(amount)
         self.record(
-            MoneyDeposited(
-                account_id=self.id, amount=amount, balance_after=self.balance + amount
-            )
+            MoneyDeposited(account_id=self.id, amount=amount, balance_after=self.balance + amount)
         )
 
     def withdraw(self, amount: Decimal) -> None:
@@ -49,9 +47,7 @@ class Account(EventSourcedAggregate, aggregate_type="bank.account"):
                 f"account {self.id} holds {self.balance}; cannot withdraw {amount}"
             )
         self.record(
-            MoneyWithdrawn(
-                account_id=self.id, amount=amount, balance_after=self.balance - amount
-            )
+            MoneyWithdrawn(account_id=self.id, amount=amount, balance_after=self.balance - amount)
         )
 
     def _require_open_and_positive(self, amount: Decimal) -> None:

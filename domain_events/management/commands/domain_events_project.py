@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--after",
             metavar="TXID:POSITION",
-            help="start after this checkpoint (as printed by this command) instead of the stored one",
+            help="start after this checkpoint (as this command prints it), not the stored one",
         )
         parser.add_argument("--batch-size", type=int, default=500, help="events per transaction")
         parser.add_argument(
