@@ -27,26 +27,27 @@ from domain_events.eventsourcing.exceptions import SerializationError
 _BASE_FIELDS = frozenset({"event_id", "occurred_at"})
 
 
-def to_json_data(value: Any, *, what: str) -> Any:
-    """``value`` as plain JSON data (dicts, lists, str, numbers), or ``SerializationError``."""
+def to_json_text(value: Any, *, what: str) -> str:
+    """``value`` as compact JSON text that jsonb accepts, or ``SerializationError``."""
     try:
-        text = json.dumps(value, cls=DjangoJSONEncoder, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(
+            value,
+            cls=DjangoJSONEncoder,
+            allow_nan=False,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
     except (TypeError, ValueError) as error:
         raise SerializationError(f"{what} cannot be stored as JSON: {error}") from error
     if "\\u0000" in text:
         raise SerializationError(f"{what} contains NUL (\\u0000), which jsonb cannot store")
-    return json.loads(text)
+    return text
 
 
-def event_data(event: DomainEvent) -> dict[str, Any]:
-    """The JSON data of ``event``: every field but ``event_id`` and ``occurred_at``."""
-    fields = {
-        field.name: getattr(event, field.name)
-        for field in dataclasses.fields(event)
-        if field.name not in _BASE_FIELDS
-    }
-    data: dict[str, Any] = to_json_data(fields, what=f"{event.event_type} event")
-    return data
+def event_json(event: DomainEvent) -> str:
+    """The JSON data of ``event`` as text: every field but ``event_id`` and ``occurred_at``."""
+    fields = {name: getattr(event, name) for name in _field_types(type(event))}
+    return to_json_text(fields, what=f"{event.event_type} event")
 
 
 def event_from_data(

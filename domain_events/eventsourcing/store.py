@@ -9,7 +9,6 @@ domain-event handlers, all before commit. Any failure rolls all of it back.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from domain_events.eventsourcing.exceptions import (
     SerializationError,
 )
 from domain_events.eventsourcing.queries import queries
-from domain_events.eventsourcing.serialization import event_data, event_from_data, to_json_data
+from domain_events.eventsourcing.serialization import event_from_data, event_json, to_json_text
 from domain_events.eventsourcing.upcasting import current_schema_version, upcast
 from domain_events.models import Snapshot, StoredEvent
 
@@ -104,24 +103,22 @@ class EventStore:
             not isinstance(triggering_message_id, str) or not 1 <= len(triggering_message_id) <= 255
         ):
             raise ValueError("triggering_message_id must be a string of 1-255 characters")
-        event_metadata = to_json_data(dict(metadata or {}), what="event metadata")
         aggregate_type = type(aggregate).aggregate_type
         expected = aggregate.stored_version
-        rows = [
-            StoredEvent(
-                event_id=event.event_id,
-                aggregate_type=aggregate_type,
-                aggregate_id=aggregate.id,
-                version=expected + offset,
-                event_type=event.event_type,
-                schema_version=current_schema_version(event.event_type),
-                data=event_data(event),
-                metadata=event_metadata,
-                triggering_message_id=triggering_message_id or "",
-                occurred_at=event.occurred_at,
-            )
-            for offset, event in enumerate(pending, start=1)
-        ]
+        # Everything is encoded before the transaction starts: bad data fails with nothing
+        # written and no lock taken.
+        append_parameters: dict[str, Any] = {
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate.id,
+            "metadata": to_json_text(dict(metadata or {}), what="event metadata"),
+            "triggering_message_id": triggering_message_id or "",
+            "event_ids": [event.event_id for event in pending],
+            "versions": list(range(expected + 1, expected + len(pending) + 1)),
+            "event_types": [event.event_type for event in pending],
+            "schema_versions": [current_schema_version(event.event_type) for event in pending],
+            "data": [event_json(event) for event in pending],
+            "occurred_at": [event.occurred_at for event in pending],
+        }
         snapshot_state = self._due_snapshot(aggregate, expected)
         key = {"aggregate_type": aggregate_type, "aggregate_id": aggregate.id}
         with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
@@ -149,8 +146,7 @@ class EventStore:
                         f" message {triggering_message_id!r}; nothing was written",
                         triggering_message_id=triggering_message_id,
                     )
-            # Django issues one INSERT ... VALUES (...), (...) for the whole list on PostgreSQL.
-            StoredEvent.objects.using(self.using).bulk_create(rows)
+            cursor.execute(queries["append_events"], append_parameters)
             if snapshot_state is not None:
                 cursor.execute(
                     queries["save_snapshot"],
@@ -158,15 +154,13 @@ class EventStore:
                         **key,
                         "version": aggregate.version,
                         "schema_version": type(aggregate).snapshot_schema_version,
-                        "state": json.dumps(snapshot_state),
+                        "state": snapshot_state,
                     },
                 )
             dispatch(pending, using=self.using)
         aggregate._mark_saved()
 
-    def _due_snapshot(
-        self, aggregate: EventSourcedAggregate, expected: int
-    ) -> dict[str, Any] | None:
+    def _due_snapshot(self, aggregate: EventSourcedAggregate, expected: int) -> str | None:
         # A snapshot is due when this save crosses a multiple of snapshot_every; its state is
         # taken before anything is written, so a state that is not JSON fails the save cleanly.
         every = type(aggregate).snapshot_every
@@ -178,8 +172,7 @@ class EventStore:
                 f"{type(aggregate).__qualname__}.snapshot_state() must return a dict,"
                 f" got {type(state).__name__}"
             )
-        data: dict[str, Any] = to_json_data(state, what="snapshot state")
-        return data
+        return to_json_text(state, what="snapshot state")
 
     def _restore_snapshot(self, aggregate: EventSourcedAggregate, key: dict[str, str]) -> int:
         snapshot = (

@@ -19,6 +19,24 @@ WHERE aggregate_type = %(aggregate_type)s
   AND version = %(expected_version)s
 RETURNING version;
 
+-- name: append_events
+-- All events of one save in one statement: one array per varying column, unnested into rows.
+-- position, transaction_id and recorded_at come from the column defaults.
+INSERT INTO domain_events_storedevent
+    (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data,
+     metadata, triggering_message_id, occurred_at)
+SELECT e.event_id, %(aggregate_type)s::text, %(aggregate_id)s::text, e.version, e.event_type,
+       e.schema_version, e.data, %(metadata)s::jsonb, %(triggering_message_id)s::text,
+       e.occurred_at
+FROM unnest(
+    %(event_ids)s::uuid[],
+    %(versions)s::bigint[],
+    %(event_types)s::text[],
+    %(schema_versions)s::smallint[],
+    %(data)s::jsonb[],
+    %(occurred_at)s::timestamptz[]
+) AS e (event_id, version, event_type, schema_version, data, occurred_at);
+
 -- name: command_seen
 -- Runs after the version row is locked by this transaction, so an earlier save of the same
 -- command has either committed (and is seen here) or failed.

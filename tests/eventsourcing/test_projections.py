@@ -71,6 +71,12 @@ def wait_for_events(after: Checkpoint, expected: int) -> list[RecordedEvent]:
         time.sleep(0.05)
 
 
+def wait_until_all_readable() -> None:
+    """Wait until every committed event is below the horizon (see ``wait_for_events``)."""
+    stored = StoredEvent.objects.count()
+    assert len(wait_for_events(Checkpoint(), expected=stored)) == stored
+
+
 def test_rebuilding_the_balances_equals_the_live_read_model() -> None:
     accounts = [Account.open(owner) for owner in ("ann", "bob", "cy")]
     for account in accounts:
@@ -87,6 +93,7 @@ def test_rebuilding_the_balances_equals_the_live_read_model() -> None:
     assert live[accounts[2].id] == ("cy", Decimal("42.50"))
 
     AccountBalance.objects.update(balance=Decimal(-999))  # a damaged read model
+    wait_until_all_readable()
     progress = run_projection(BalanceProjection(), rebuild=True, batch_size=7)
     assert balances() == live
     assert progress.processed == StoredEvent.objects.count()
@@ -101,11 +108,13 @@ def test_rebuilding_the_balances_equals_the_live_read_model() -> None:
 def test_events_are_read_in_commit_safe_global_order_and_resume_from_checkpoint() -> None:
     first, second = save_tally("a", additions=2), save_tally("b", additions=1)
     CollectingProjection.seen.clear()
+    wait_until_all_readable()
     progress = run_projection(CollectingProjection(), batch_size=2)
     order = [(first.id, 1), (first.id, 2), (first.id, 3), (second.id, 1), (second.id, 2)]
     assert CollectingProjection.seen == order
 
     third = save_tally("c")
+    wait_until_all_readable()
     run_projection(CollectingProjection())
     assert CollectingProjection.seen == [*order, (third.id, 1)]
     assert progress.checkpoint < read_events()[-1].checkpoint
@@ -113,6 +122,7 @@ def test_events_are_read_in_commit_safe_global_order_and_resume_from_checkpoint(
 
 def test_the_command_shows_progress_and_starts_after_a_given_checkpoint() -> None:
     tally = save_tally("a", additions=4)
+    wait_until_all_readable()
     events = read_events()
     CollectingProjection.seen.clear()
     out = StringIO()

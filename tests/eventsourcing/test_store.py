@@ -104,9 +104,7 @@ def test_one_save_is_one_insert_of_all_its_events() -> None:
         tally.add(Decimal(amount))
     with CaptureQueriesContext(connection) as queries:
         store.save(tally)
-    inserts = [
-        q["sql"] for q in queries if q["sql"].startswith('INSERT INTO "domain_events_storedevent"')
-    ]
+    inserts = [q["sql"] for q in queries if "INSERT INTO domain_events_storedevent" in q["sql"]]
     assert len(inserts) == 1
     assert [v for v, _ in stream(tally)] == list(range(1, 102))
 
