@@ -164,26 +164,30 @@ def main() -> None:
         )
 
         plain_id = build_stream(PlainCounter, stream_length, chunk=1000)
-        # The snapshot lands at 9,950 and 50 events follow: a load replays a typical tail.
-        snap_id = build_stream(SnapshottedCounter, stream_length - 50, chunk=995)
+        # Worst case for snapshots every 100: the latest snapshot is at 10,000 and 99 events
+        # follow it, so each load restores the snapshot and replays 99 events.
+        snap_id = build_stream(SnapshottedCounter, stream_length, chunk=1000)
         counter = store.get(SnapshottedCounter, snap_id)
-        for _ in range(50):
+        for _ in range(99):
             counter.increment(1)
-        store.save(counter)
+        with transaction.atomic():
+            store.save(counter)
         snapshot_version = Snapshot.objects.get(aggregate_id=snap_id).version
+        snap_length = counter.version
 
         plain_times = timed(lambda: store.get(PlainCounter, plain_id), plain_loads)
         snap_times = timed(lambda: store.get(SnapshottedCounter, snap_id), snapshot_loads)
         assert store.get(PlainCounter, plain_id).total == stream_length
-        assert store.get(SnapshottedCounter, snap_id).total == stream_length
+        assert store.get(SnapshottedCounter, snap_id).total == snap_length
         plain_p95, snap_p95 = percentile(plain_times, 0.95), percentile(snap_times, 0.95)
         print(
             f"load {stream_length} events without snapshots: p95 {plain_p95:.1f} ms"
             f" ({plain_loads} loads)"
         )
         print(
-            f"load {stream_length} events with snapshots every 100 (snapshot at"
-            f" {snapshot_version}): p95 {snap_p95:.2f} ms ({snapshot_loads} loads;"
+            f"load {snap_length} events with snapshots every 100 (snapshot at"
+            f" {snapshot_version}, {snap_length - snapshot_version} replayed):"
+            f" p95 {snap_p95:.2f} ms ({snapshot_loads} loads;"
             f" target <= 10 ms); {plain_p95 / snap_p95:.0f}x faster (target >= 20x)"
         )
 

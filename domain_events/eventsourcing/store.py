@@ -9,6 +9,7 @@ domain-event handlers, all before commit. Any failure rolls all of it back.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from uuid import UUID
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from domain_events.dispatcher import dispatch
+from domain_events.events import DomainEvent
 from domain_events.eventsourcing.aggregate import EventSourcedAggregate
 from domain_events.eventsourcing.exceptions import (
     AggregateNotFoundError,
@@ -112,12 +114,11 @@ class EventStore:
             "aggregate_id": aggregate.id,
             "metadata": to_json_text(dict(metadata or {}), what="event metadata"),
             "triggering_message_id": triggering_message_id or "",
-            "event_ids": [event.event_id for event in pending],
-            "versions": list(range(expected + 1, expected + len(pending) + 1)),
-            "event_types": [event.event_type for event in pending],
-            "schema_versions": [current_schema_version(event.event_type) for event in pending],
-            "data": [event_json(event) for event in pending],
-            "occurred_at": [event.occurred_at for event in pending],
+            "events": "["
+            + ",".join(
+                _event_row(event, version) for version, event in enumerate(pending, expected + 1)
+            )
+            + "]",
         }
         snapshot_state = self._due_snapshot(aggregate, expected)
         key = {"aggregate_type": aggregate_type, "aggregate_id": aggregate.id}
@@ -197,3 +198,13 @@ class EventStore:
         aggregate.restore_snapshot(state)
         aggregate._set_stored_version(version)
         return int(version)
+
+
+def _event_row(event: DomainEvent, version: int) -> str:
+    # One element of append_events' JSON array; event_json() has checked the data already.
+    return (
+        f'{{"event_id":"{event.event_id}","version":{version},'
+        f'"event_type":{json.dumps(event.event_type)},'
+        f'"schema_version":{current_schema_version(event.event_type)},'
+        f'"occurred_at":"{event.occurred_at.isoformat()}","data":{event_json(event)}}}'
+    )

@@ -20,7 +20,8 @@ WHERE aggregate_type = %(aggregate_type)s
 RETURNING version;
 
 -- name: append_events
--- All events of one save in one statement: one array per varying column, unnested into rows.
+-- All events of one save in one statement, sent as one JSON array of rows: a single
+-- parameter is far cheaper for the driver to send than one array per column.
 -- position, transaction_id and recorded_at come from the column defaults.
 INSERT INTO domain_events_storedevent
     (event_id, aggregate_type, aggregate_id, version, event_type, schema_version, data,
@@ -28,14 +29,15 @@ INSERT INTO domain_events_storedevent
 SELECT e.event_id, %(aggregate_type)s::text, %(aggregate_id)s::text, e.version, e.event_type,
        e.schema_version, e.data, %(metadata)s::jsonb, %(triggering_message_id)s::text,
        e.occurred_at
-FROM unnest(
-    %(event_ids)s::uuid[],
-    %(versions)s::bigint[],
-    %(event_types)s::text[],
-    %(schema_versions)s::smallint[],
-    %(data)s::jsonb[],
-    %(occurred_at)s::timestamptz[]
-) AS e (event_id, version, event_type, schema_version, data, occurred_at);
+FROM jsonb_to_recordset(%(events)s::jsonb) AS e (
+    event_id uuid,
+    version bigint,
+    event_type text,
+    schema_version smallint,
+    data jsonb,
+    occurred_at timestamptz
+)
+ORDER BY e.version;
 
 -- name: command_seen
 -- Runs after the version row is locked by this transaction, so an earlier save of the same
