@@ -61,9 +61,8 @@ class EventStore:
             )
         )
         replayed = 0
-        for version, event_type, schema_version, event_id, occurred_at, data in rows.iterator(
-            chunk_size=2000
-        ):
+        # One plain query: a server-side cursor (.iterator()) would cost three round trips.
+        for version, event_type, schema_version, event_id, occurred_at, data in rows:
             event = event_from_data(
                 event_type,
                 upcast(event_type, schema_version, data),
