@@ -21,6 +21,8 @@ _AGGREGATE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-/]{1,255}$")
 
 ApplyMethod = TypeVar("ApplyMethod", bound=Callable[..., None])
 
+_classes_by_aggregate_type: dict[str, type[EventSourcedAggregate]] = {}
+
 
 def applies(event_class: type[DomainEvent]) -> Callable[[ApplyMethod], ApplyMethod]:
     """Mark an aggregate method as the one that applies ``event_class`` to the state.
@@ -69,6 +71,18 @@ class EventSourcedAggregate:
                 f"{cls.__qualname__}: aggregate type {name!r} must be 1-255 letters, digits,"
                 " '_', '.', '-' or '/'"
             )
+        existing = _classes_by_aggregate_type.get(name)
+        # Two classes reading one stream would replay each other's events with the wrong
+        # apply methods; the same class defined again (a module reloaded) may take its name.
+        if existing is not None and (existing.__module__, existing.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise TypeError(
+                f"aggregate type {name!r} is already used by {existing.__module__}."
+                f"{existing.__qualname__}; give {cls.__qualname__} another with the"
+                " aggregate_type= class keyword"
+            )
         cls.aggregate_type = name
         methods = dict(cls._apply_methods)
         for attribute, value in vars(cls).items():
@@ -88,6 +102,7 @@ class EventSourcedAggregate:
                     f"{cls.__qualname__} sets snapshot_every, so it must define snapshot_state()"
                     " and restore_snapshot()"
                 )
+        _classes_by_aggregate_type[name] = cls
 
     def __init__(self, aggregate_id: str | int | UUID) -> None:
         if isinstance(aggregate_id, bool) or not isinstance(aggregate_id, str | int | UUID):

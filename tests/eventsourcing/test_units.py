@@ -22,6 +22,7 @@ from domain_events import (
     upcaster,
 )
 from domain_events.eventsourcing.projections import Checkpoint
+from tests.eventsourcing.aggregates import Tally
 from domain_events.eventsourcing.serialization import event_from_data, event_json
 from domain_events.eventsourcing.upcasting import (
     current_schema_version,
@@ -84,6 +85,7 @@ def test_upcasting_steps_define_the_current_version_and_run_in_order() -> None:
 
 
 def test_aggregate_classes_are_checked_when_defined() -> None:
+    assert Tally.aggregate_type == "tests.tally"
     with pytest.raises(TypeError, match="must define snapshot_state"):
 
         class NoSnapshotMethods(EventSourcedAggregate):
@@ -92,6 +94,11 @@ def test_aggregate_classes_are_checked_when_defined() -> None:
     with pytest.raises(TypeError, match="aggregate type 'a:b'"):
 
         class BadName(EventSourcedAggregate, aggregate_type="a:b"):
+            pass
+
+    with pytest.raises(TypeError, match="'tests.tally' is already used by tests.eventsourcing"):
+
+        class SameStream(EventSourcedAggregate, aggregate_type="tests.tally"):
             pass
 
     with pytest.raises(TypeError, match="@applies needs a DomainEvent subclass"):
