@@ -22,13 +22,13 @@ from domain_events import (
     upcaster,
 )
 from domain_events.eventsourcing.projections import Checkpoint
-from tests.eventsourcing.aggregates import Tally
 from domain_events.eventsourcing.serialization import event_from_data, event_json
 from domain_events.eventsourcing.upcasting import (
     current_schema_version,
     isolated_upcasters,
     upcast,
 )
+from tests.eventsourcing.aggregates import Tally
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ def test_aggregate_classes_are_checked_when_defined() -> None:
         class BadName(EventSourcedAggregate, aggregate_type="a:b"):
             pass
 
-    with pytest.raises(TypeError, match="'tests.tally' is already used by tests.eventsourcing"):
+    with pytest.raises(
+        TypeError, match=re.escape("'tests.tally' is already used by tests.eventsourcing")
+    ):
 
         class SameStream(EventSourcedAggregate, aggregate_type="tests.tally"):
             pass
