@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 
 from domain_events import EventStore
@@ -58,3 +60,13 @@ def test_bad_amounts_are_refused_at_the_call() -> None:
         with pytest.raises(ValueError, match="positive Decimal"):
             account.deposit(amount)  # type: ignore[arg-type]
     assert account.pending_events == ()
+
+
+def test_the_demo_command_tells_the_story() -> None:
+    out = StringIO()
+    call_command("bank_demo", "--owner", "zoe", stdout=out)
+    text = out.getvalue()
+    assert "re-delivered message refused" in text
+    assert "overdraft refused" in text
+    assert "balance from 3 stored events: 70.00; read model: 70.00" in text
+    assert text.count("outbox: bank.money_withdrawn") == 1

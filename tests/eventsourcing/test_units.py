@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from domain_events import (
     DomainEvent,
@@ -29,6 +30,8 @@ from domain_events.eventsourcing.upcasting import (
     upcast,
 )
 from tests.eventsourcing.aggregates import Tally
+
+COLLECTING = "tests.eventsourcing.test_projections.CollectingProjection"
 
 
 @dataclass(frozen=True)
@@ -128,3 +131,18 @@ def test_checkpoints_print_and_parse() -> None:
     assert Checkpoint(1, 99) < Checkpoint(2, 1)
     with pytest.raises(ValueError, match="<transaction_id>:<position>"):
         Checkpoint.parse("12")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["tests.nowhere.Projection"], "cannot import 'tests.nowhere.Projection'"),
+        (["tests.eventsourcing.aggregates.Tally"], "is not a Projection subclass"),
+        ([COLLECTING, "--after", "12"], "<transaction_id>:<position>"),
+        ([COLLECTING, "--rebuild", "--after", "1:2"], "cannot take --after"),
+        ([COLLECTING, "--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_the_project_command_refuses_bad_arguments(arguments: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("domain_events_project", *arguments)
