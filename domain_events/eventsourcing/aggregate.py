@@ -157,9 +157,10 @@ class EventSourcedAggregate:
         self._apply(event)
         self._stored_version = version
 
-    def _mark_saved(self) -> None:
-        self._stored_version += len(self._pending)
-        self._pending.clear()
+    def _mark_saved(self, count: int) -> None:
+        # Only the events that were written: a handler may have recorded more meanwhile.
+        self._stored_version += count
+        del self._pending[:count]
 
     def _set_stored_version(self, version: int) -> None:
         self._stored_version = version

@@ -158,7 +158,7 @@ class EventStore:
                     },
                 )
             dispatch(pending, using=self.using)
-        aggregate._mark_saved()
+        aggregate._mark_saved(len(pending))
 
     def _due_snapshot(self, aggregate: EventSourcedAggregate, expected: int) -> str | None:
         # A snapshot is due when this save crosses a multiple of snapshot_every; its state is

@@ -224,3 +224,34 @@ def test_a_writer_committing_late_never_makes_a_follower_skip_its_event(
     followed = [e.aggregate_id for e in seen + rest]
     assert sorted(followed) == sorted([late_id, early_id])
     assert len(followed) == 2
+
+
+class FailingProjection(Projection):
+    """Writes a balance row per event, and fails on the event of a chosen aggregate."""
+
+    name = "tests.failing"
+    fail_on: ClassVar[str] = ""
+
+    def handle(self, recorded: RecordedEvent) -> None:
+        AccountBalance.objects.create(
+            account_id=f"{recorded.aggregate_id}:{recorded.version}", owner="x", balance=0
+        )
+        if recorded.aggregate_id == self.fail_on:
+            raise RuntimeError("projection failed")
+
+
+def test_a_failing_batch_rolls_back_and_is_retried_from_its_first_event() -> None:
+    first, second = save_tally("a"), save_tally("b")
+    wait_until_all_readable()
+    FailingProjection.fail_on = second.id
+    with pytest.raises(RuntimeError, match="projection failed"):
+        run_projection(FailingProjection(), batch_size=10)
+    assert not AccountBalance.objects.exists()
+    assert ProjectionCheckpoint.objects.get(name="tests.failing").position == 0
+
+    FailingProjection.fail_on = ""
+    assert run_projection(FailingProjection()).processed == 2
+    assert set(AccountBalance.objects.values_list("account_id", flat=True)) == {
+        f"{first.id}:1",
+        f"{second.id}:1",
+    }

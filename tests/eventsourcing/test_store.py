@@ -25,9 +25,9 @@ from domain_events import (
     handler,
     upcaster,
 )
-from domain_events.eventsourcing.upcasting import isolated_upcasters
 from domain_events.models import AggregateVersion, Snapshot, StoredEvent
 from domain_events.registry import HandlerRegistry
+from domain_events.testing import isolated_upcasters
 from tests.eventsourcing.aggregates import Tally, TallyAdded
 
 pytestmark = pytest.mark.django_db
