@@ -266,6 +266,7 @@ class ConsumerLoop:
         self.until_idle = until_idle
         self.settled = 0
         self._stop_requested = threading.Event()
+        self._went_idle = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consume-{spec.name}")
 
     def stop(self) -> None:
@@ -299,7 +300,7 @@ class ConsumerLoop:
         return self.settled
 
     def _finished(self) -> bool:
-        if self._stop_requested.is_set():
+        if self._stop_requested.is_set() or self._went_idle:
             return True
         return self.max_messages is not None and self.settled >= self.max_messages
 
@@ -368,6 +369,7 @@ class ConsumerLoop:
                         self.until_idle is not None
                         and time.monotonic() - last_activity >= self.until_idle
                     ):
+                        self._went_idle = True
                         return
                 connection.process_data_events(time_limit=_POLL_SECONDS)
         finally:

@@ -150,7 +150,7 @@ def broker(settings: Settings) -> Iterator[ConsumerBroker]:
         for process in state.processes:
             if process.poll() is None:
                 process.kill()
-            process.wait(timeout=30)
+            process.communicate(timeout=30)  # also closes its output pipe
         if amqp.is_open:
             cleanup = amqp.channel()
             queues = [topology.queue, topology.dead_letter_queue]
