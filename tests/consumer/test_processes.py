@@ -22,7 +22,8 @@ def finish(process: subprocess.Popen[str], timeout: float = 60.0) -> str:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"consumer still running after {timeout}s: {process.communicate()[0]}")
+        output = process.communicate()[0]
+        raise AssertionError(f"consumer still running after {timeout}s: {output}") from None
     assert process.returncode == 0, output
     return output
 
