@@ -299,6 +299,10 @@ class ConsumerLoop:
             self._worker.shutdown()
         return self.settled
 
+    def process_message(self, message: IncomingMessage) -> Outcome:
+        """Run on the worker thread for each well-formed message; see ``process``."""
+        return process(self.spec, message)
+
     def _finished(self) -> bool:
         if self._stop_requested.is_set() or self._went_idle:
             return True
@@ -358,7 +362,7 @@ class ConsumerLoop:
                         if isinstance(decoded, str):
                             self._settle(channel, delivery, Outcome("malformed", reason=decoded))
                         else:
-                            future = self._worker.submit(process, self.spec, decoded)
+                            future = self._worker.submit(self.process_message, decoded)
                             future.add_done_callback(
                                 lambda _done: _wake(connection)  # main thread settles it
                             )
