@@ -339,6 +339,10 @@ class ConsumerLoop:
                     Delivery(method.delivery_tag, method.routing_key or "", properties, body)
                 )
 
+            cancelled_by_broker: list[object] = []
+            # The broker cancels the consumer when its queue is deleted; starting over
+            # declares the queue again.
+            channel.add_on_cancel_callback(cancelled_by_broker.append)
             channel.basic_consume(self.topology.queue, on_delivery)
             logger.info(
                 "%s: consuming %s (bindings %s)",
@@ -356,6 +360,10 @@ class ConsumerLoop:
                 if in_flight is None:
                     if self._finished():
                         return
+                    if cancelled_by_broker:
+                        raise pika.exceptions.ConsumerCancelled(
+                            f"RabbitMQ cancelled the consumer of {self.topology.queue}"
+                        )
                     if waiting:
                         delivery = waiting.popleft()
                         decoded = decode(self.spec, delivery)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 from django.db import connection
 from pika.adapters.blocking_connection import BlockingChannel
@@ -127,9 +128,15 @@ class ConsumerBroker:
         """Wait until ``count`` consumers are attached to the queue."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.channel.queue_declare(self.topology.queue, passive=True)
-            if result.method.consumer_count == count:
-                return
+            try:
+                result = self.channel.queue_declare(self.topology.queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                # The queue does not exist (yet); that closed the channel.
+                self.channel = self.connection.channel()
+                self.channel.confirm_delivery()
+            else:
+                if result.method.consumer_count == count:
+                    return
             self.connection.sleep(0.1)
         raise AssertionError(f"{count} consumers did not attach within {timeout}s")
 

@@ -238,3 +238,19 @@ def test_inbox_records_carry_consumer_type_and_time(broker: ConsumerBroker) -> N
         "test.timed",
     )
     assert record.processed_at >= before
+
+
+def test_consumer_declares_its_queue_again_when_it_is_deleted(broker: ConsumerBroker) -> None:
+    loop = ConsumerLoop(registry.get(RECORDER), until_idle=30)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        broker.wait_for_consumers(1)
+        broker.channel.queue_delete(broker.topology.queue)
+        broker.wait_for_consumers(1)  # passive declare fails until the queue is back
+        message_id = broker.send(payload={"n": 1})
+        wait_until(lambda: runs_of(message_id) == 1, timeout=30)
+    finally:
+        loop.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
