@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import pika
 import pika.exceptions
-from django.db import connections, transaction
+from django.db import connections, router, transaction
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 from pika.spec import Basic, BasicProperties
@@ -37,6 +37,7 @@ from pika.spec import Basic, BasicProperties
 from outbox import conf, inbox
 from outbox.broker import connection_parameters
 from outbox.consumers import ConsumerSpec, IncomingMessage, load_handlers, registry
+from outbox.models import InboxMessage
 
 logger = logging.getLogger("outbox.consumer")
 
@@ -215,7 +216,7 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
     outcome carrying the error.
     """
     try:
-        with transaction.atomic():
+        with transaction.atomic(using=router.db_for_write(InboxMessage)):
             if not inbox.claim(spec.name, message.message_id, event_type=message.event_type):
                 return Outcome("duplicate", message.attempt)
             for func in spec.handlers_for(message.event_type):
