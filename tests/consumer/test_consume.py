@@ -8,8 +8,10 @@ import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from pytest_django.fixtures import Settings
 
 from domain_events import handler
@@ -254,3 +256,15 @@ def test_consumer_declares_its_queue_again_when_it_is_deleted(broker: ConsumerBr
         loop.stop()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_declare_only_declares_and_exits(broker: ConsumerBroker) -> None:
+    broker.channel.queue_delete(broker.topology.queue)
+    output = StringIO()
+    call_command("outbox_consume", RECORDER, "--declare-only", stdout=output)
+    assert output.getvalue().strip() == (
+        f"declared {broker.topology.queue} on exchange {broker.exchange}"
+    )
+    assert broker.depth(broker.topology.queue) == 0  # passive declare: it exists again
+    broker.send(payload={"n": 1})
+    assert broker.depth(broker.topology.queue) == 1  # bound: the message was routed to it
