@@ -64,8 +64,15 @@ class Command(BaseCommand):
         )
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
-            self.stderr.write(f"{signal.Signals(signum).name}: finishing the current message")
+            self.stderr.write(
+                f"{signal.Signals(signum).name}: finishing the current message"
+                " (send it again to stop at once)"
+            )
             loop.stop()
+            # A second signal kills the process; the open transaction then rolls back and
+            # RabbitMQ redelivers the message, as after a crash.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
