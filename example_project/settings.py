@@ -21,6 +21,7 @@ INSTALLED_APPS = [
     "outbox",
     "example_project.shop",
     "example_project.bank",
+    "example_project.shipping",
 ]
 
 MIDDLEWARE = [
