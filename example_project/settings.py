@@ -20,6 +20,8 @@ INSTALLED_APPS = [
     "domain_events",
     "outbox",
     "example_project.shop",
+    "example_project.bank",
+    "example_project.shipping",
 ]
 
 MIDDLEWARE = [

@@ -6,6 +6,7 @@ cannot be imported while Django is still loading the apps in ``INSTALLED_APPS``.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from outbox.exceptions import (
@@ -16,24 +17,36 @@ from outbox.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from outbox.consumers import IncomingMessage, integration_handler
+    from outbox.inbox import idempotent
     from outbox.writer import Message, publish, publish_many
 
 __all__ = [
+    "IncomingMessage",
     "InvalidMessageError",
     "Message",
     "OutboxError",
     "PayloadTooLargeError",
     "TransactionRequiredError",
+    "idempotent",
+    "integration_handler",
     "publish",
     "publish_many",
 ]
 
-_LAZY = {"Message", "publish", "publish_many"}
+# Public name -> the module that defines it.
+_LAZY = {
+    "Message": "outbox.writer",
+    "publish": "outbox.writer",
+    "publish_many": "outbox.writer",
+    "IncomingMessage": "outbox.consumers",
+    "integration_handler": "outbox.consumers",
+    "idempotent": "outbox.inbox",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from outbox import writer
-
-        return getattr(writer, name)
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'outbox' has no attribute {name!r}")

@@ -83,6 +83,30 @@ SETTINGS: dict[str, Setting] = {
         minimum=0.1,
     ),
     # --- consumers and inbox ---
+    "CONSUMER_PREFETCH": Setting(
+        20, int, "messages RabbitMQ sends a consumer ahead of its acks (basic.qos)", minimum=1
+    ),
+    "CONSUMER_MAX_ATTEMPTS": Setting(
+        5, int, "handler runs per message before it is dead-lettered (1: no retry)", minimum=1
+    ),
+    "CONSUMER_RETRY_DELAY": Setting(
+        1.0, (int, float), "seconds before the first retry of a failed message", minimum=0.001
+    ),
+    "CONSUMER_RETRY_BACKOFF": Setting(
+        5.0, (int, float), "each further retry waits this many times longer", minimum=1
+    ),
+    "CONSUMER_RECONNECT_DELAY": Setting(
+        1.0,
+        (int, float),
+        "seconds before reconnecting to RabbitMQ, doubled per failure up to 30",
+        minimum=0.01,
+    ),
+    "INBOX_RETENTION_DAYS": Setting(
+        14, (int, float), "inbox records younger than this are kept by the purge", minimum=0
+    ),
+    "INBOX_PURGE_BATCH_SIZE": Setting(
+        5000, int, "inbox records deleted per transaction by the purge", minimum=1
+    ),
     # --- operations ---
 }
 

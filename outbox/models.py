@@ -71,3 +71,35 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.message_id} ({self.status})"
+
+
+class InboxMessage(models.Model):
+    """A message one consumer has processed: written in the same transaction as the handler's
+    effects, so "processed" and "recorded" commit or roll back together.
+
+    The unique (consumer, message_id) key is the idempotency check; a second delivery of the
+    same message to the same consumer finds its row and skips the handler.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    consumer = models.CharField(max_length=255)
+    # Text, not UUID: the outbox sends UUIDs, but other producers and Celery tasks may not.
+    message_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=255, blank=True, default="")
+    processed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "outbox_inbox"
+        verbose_name = "inbox message"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "message_id"], name="outbox_inbox_consumer_message_uniq"
+            )
+        ]
+        indexes = [
+            # The purge deletes the oldest rows first, in batches.
+            models.Index(fields=["processed_at"], name="outbox_inbox_processed_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} processed {self.message_id}"

@@ -1,12 +1,14 @@
-"""Celery tasks. ``publish_outbox`` is what Celery beat runs, every second by default:
+"""Celery tasks of the outbox, for Celery beat to schedule.
 
-CELERY_BEAT_SCHEDULE = {
-    "outbox-publish": {
-        "task": "outbox.tasks.publish_outbox",
-        "schedule": 1.0,
-        "options": {"expires": 10},
-    },
-}
+``publish_outbox`` is the relay, every second by default::
+
+    CELERY_BEAT_SCHEDULE = {
+        "outbox-publish": {
+            "task": "outbox.tasks.publish_outbox",
+            "schedule": 1.0,
+            "options": {"expires": 10},
+        },
+    }
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from celery import shared_task
 from django.db import DatabaseError, connections
 
 from outbox import conf
+from outbox.inbox import purge_inbox as purge_inbox_records
 from outbox.relay import Relay
 
-__all__ = ["publish_outbox"]
+__all__ = ["publish_outbox", "purge_inbox"]
 
 logger = logging.getLogger("outbox.relay")
 
@@ -49,6 +52,12 @@ def publish_outbox(time_budget: float | None = None) -> int:
     if result.broker_error is not None:
         logger.warning("publish_outbox: broker unavailable: %s", result.broker_error)
     return result.published
+
+
+@shared_task(name="outbox.purge_inbox", ignore_result=True)
+def purge_inbox() -> int:
+    """Delete inbox records older than ``OUTBOX["INBOX_RETENTION_DAYS"]``, in batches."""
+    return purge_inbox_records()
 
 
 def _relay() -> Relay:

@@ -1,20 +1,21 @@
 """Walk through the example over real HTTP: stock a product, place an order, show the outbox
-row, then relay it to RabbitMQ and read it back from a queue."""
+row, relay it to RabbitMQ (twice, as after a relay crash), and let the shipping consumer
+create the shipment exactly once."""
 
 import json
-import time
 import urllib.error
 import urllib.request
+import uuid
 from argparse import ArgumentParser
 from typing import Any
 
-import pika
 from django.core.management.base import BaseCommand, CommandError
-from pika.exchange_type import ExchangeType
 
+from example_project.shipping.handlers import CONSUMER as SHIPPING
+from example_project.shipping.models import Shipment
 from example_project.shop.models import Stock
-from outbox.broker import connection_parameters
-from outbox.models import OutboxMessage
+from outbox.consumer import consume, declare
+from outbox.models import InboxMessage, OutboxMessage
 from outbox.relay import Relay
 
 
@@ -41,54 +42,55 @@ class Command(BaseCommand):
             f"2. the same transaction wrote outbox message {message.message_id}"
             f" ({message.event_type}, status {message.status})"
         )
-        self._relay_and_receive(message)
+
+        # The shipping queue must exist before the event is published: RabbitMQ returns a
+        # message that no queue is bound for, and the relay would retry it.
+        declare(SHIPPING)
+        published = self._relay()
+        message.refresh_from_db()
+        if message.status != OutboxMessage.Status.PUBLISHED:
+            raise CommandError(f"message {message.message_id} is still {message.status}")
+        self.stdout.write(
+            f"3. the relay published it, confirmed by RabbitMQ (status {message.status};"
+            f" {published} published in this run)"
+        )
+        # What a relay killed after the broker's confirm but before marking the row leaves
+        # behind: the row is ready again and is published a second time, same message_id.
+        OutboxMessage.objects.filter(pk=message.pk).update(
+            status=OutboxMessage.Status.READY, published_at=None
+        )
+        self._relay()
+        self.stdout.write(
+            f"   a relay that crashed before marking it would publish it again: sent twice,"
+            f" message_id {message.message_id} both times"
+        )
+
+        settled = consume(SHIPPING, until_idle=2)
+        shipments = Shipment.objects.filter(order_id=uuid.UUID(order_id))
+        shipment = shipments.first()
+        if shipment is None:
+            raise CommandError(f"the shipping consumer created no shipment for order {order_id}")
+        processed = InboxMessage.objects.filter(
+            consumer=SHIPPING, message_id=str(message.message_id)
+        ).count()
+        self.stdout.write(
+            f"4. the shipping consumer received it and created shipment {shipment.pk}"
+            f" ({shipment.quantity} x {shipment.sku}); {settled} deliveries settled,"
+            f" {shipments.count()} shipment, {processed} inbox record"
+        )
+        if shipments.count() != 1 or processed != 1:
+            raise CommandError("the message was not processed exactly once")
         self.stdout.write(self.style.SUCCESS("example finished"))
 
-    def _relay_and_receive(self, message: OutboxMessage) -> None:
-        # A demo queue bound before the relay runs: RabbitMQ drops (returns) a message no
-        # queue is bound for, and the relay would retry it instead of marking it published.
-        connection = pika.BlockingConnection(connection_parameters(client_name="shop-demo"))
+    def _relay(self) -> int:
+        relay = Relay()
         try:
-            channel = connection.channel()
-            channel.exchange_declare(
-                message.exchange, exchange_type=ExchangeType("topic"), durable=True
-            )
-            queue = channel.queue_declare("", exclusive=True).method.queue or ""
-            channel.queue_bind(queue, message.exchange, routing_key="orders.#")
-
-            relay = Relay()
-            try:
-                result = relay.drain(time_budget=10)
-            finally:
-                relay.close()
-            if result.broker_error:
-                raise CommandError(f"the relay could not reach RabbitMQ: {result.broker_error}")
-            message.refresh_from_db()
-            if message.status != OutboxMessage.Status.PUBLISHED:
-                raise CommandError(f"message {message.message_id} is still {message.status}")
-            self.stdout.write(
-                f"3. the relay published it, confirmed by RabbitMQ (status {message.status},"
-                f" {result.published} published in this run)"
-            )
-            properties, body = self._receive(connection, channel, queue, str(message.message_id))
-            self.stdout.write(
-                f"4. queue {queue} received message_id {properties.message_id}"
-                f" type {properties.type} headers {properties.headers}: {body.decode()}"
-            )
+            result = relay.drain(time_budget=10)
         finally:
-            connection.close()
-
-    def _receive(
-        self, connection: pika.BlockingConnection, channel: Any, queue: str, message_id: str
-    ) -> tuple[pika.BasicProperties, bytes]:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None or properties is None:
-                connection.sleep(0.05)
-            elif properties.message_id == message_id:
-                return properties, bytes(body)
-        raise CommandError(f"message {message_id} did not arrive in the demo queue")
+            relay.close()
+        if result.broker_error:
+            raise CommandError(f"the relay could not reach RabbitMQ: {result.broker_error}")
+        return result.published
 
     def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(

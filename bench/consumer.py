@@ -1,0 +1,156 @@
+"""Consumer benchmark on the local services: messages/s processed by ``outbox_consume``'s loop
+with the inbox (exactly-once) against the same loop without it, the handler doing one INSERT.
+
+    OUTBOX_DB_NAME=outbox_bench .venv/bin/python bench/consumer.py [--quick]
+
+It works in its own database (created and migrated if missing) and on a private exchange with
+two queues, one per variant, that get the same messages; it deletes them at the end. Rounds
+alternate the order of the variants so that neither always runs on a warmer machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("OUTBOX_DB_NAME", "outbox_bench")
+EXCHANGE = f"bench-{uuid.uuid4().hex[:8]}"
+os.environ["OUTBOX_EXCHANGE"] = EXCHANGE
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import pika  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import transaction  # noqa: E402
+
+from example_project.shipping.models import Shipment  # noqa: E402
+from outbox import IncomingMessage, conf, integration_handler  # noqa: E402
+from outbox.broker import connection_parameters  # noqa: E402
+from outbox.consumer import ConsumerLoop, Outcome, declare, topology_for  # noqa: E402
+from outbox.consumers import registry  # noqa: E402
+from outbox.models import InboxMessage  # noqa: E402
+
+WITH_INBOX = "bench-inbox"
+WITHOUT_INBOX = "bench-plain"
+EVENT_TYPE = "bench.order_placed"
+BODY = b'{"order_id":"2f0c3a6e-1d2b-4c55-9a43-5d7f3b1e9c10","sku":"demo-mug","quantity":2}'
+
+
+def insert_one(message: IncomingMessage) -> None:
+    """The handler: one INSERT, like a consumer that records what it was told."""
+    Shipment.objects.create(order_id=uuid.uuid4(), sku="bench", quantity=1)
+
+
+integration_handler(EVENT_TYPE, consumer=WITH_INBOX)(insert_one)
+integration_handler(EVENT_TYPE, consumer=WITHOUT_INBOX)(insert_one)
+
+
+class WithoutInboxLoop(ConsumerLoop):
+    """The same loop, but the handler runs in its transaction with no inbox record: the
+    baseline cost of consuming, without exactly-once."""
+
+    def process_message(self, message: IncomingMessage) -> Outcome:
+        with transaction.atomic():
+            for func in self.spec.handlers_for(message.event_type):
+                func(message)
+        return Outcome("processed", message.attempt)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    options = parser.parse_args()
+    logging.getLogger("outbox").setLevel(logging.WARNING)
+    messages = 1_000 if options.quick else 10_000
+    rounds = 1 if options.quick else 3
+
+    subprocess.run([sys.executable, "scripts/create_database.py"], cwd=REPO_ROOT, check=True)
+    call_command("migrate", verbosity=0)
+    for consumer in (WITH_INBOX, WITHOUT_INBOX):
+        declare(consumer)
+    rates: dict[str, list[float]] = {WITH_INBOX: [], WITHOUT_INBOX: []}
+    try:
+        for number in range(rounds):
+            fill_queues(messages)
+            order = [WITH_INBOX, WITHOUT_INBOX]
+            if number % 2:
+                order.reverse()
+            for consumer in order:
+                rate = run(consumer, messages)
+                rates[consumer].append(rate)
+                print(f"round {number + 1}: {consumer:<12} {rate:8.0f} messages/s", flush=True)
+    finally:
+        clean_up()
+    prefetch = conf.get("CONSUMER_PREFETCH")
+    print(f"\n{messages} messages per run, {rounds} round(s), prefetch {prefetch}:")
+    print(f"  {'':18} {'median':>8} {'best':>8}  messages/s")
+    for label, consumer in (("with the inbox", WITH_INBOX), ("without the inbox", WITHOUT_INBOX)):
+        print(f"  {label:18} {statistics.median(rates[consumer]):8.0f} {max(rates[consumer]):8.0f}")
+    median_ratio = statistics.median(rates[WITH_INBOX]) / statistics.median(rates[WITHOUT_INBOX])
+    best_ratio = max(rates[WITH_INBOX]) / max(rates[WITHOUT_INBOX])
+    print(f"  {'ratio':18} {median_ratio:8.2f} {best_ratio:8.2f}")
+
+
+def fill_queues(count: int) -> None:
+    """Publish ``count`` messages, which reach both consumers' queues, and wait for them."""
+    connection = pika.BlockingConnection(connection_parameters(client_name="bench/consumer"))
+    channel = connection.channel()
+    for _ in range(count):
+        channel.basic_publish(
+            EXCHANGE,
+            EVENT_TYPE,
+            BODY,
+            pika.BasicProperties(
+                message_id=str(uuid.uuid4()),
+                type=EVENT_TYPE,
+                content_type="application/json",
+                delivery_mode=2,
+            ),
+        )
+    for consumer in (WITH_INBOX, WITHOUT_INBOX):
+        queue = topology_for(registry.get(consumer)).queue
+        while (channel.queue_declare(queue, passive=True).method.message_count or 0) < count:
+            connection.sleep(0.1)
+    connection.close()
+
+
+def run(consumer: str, count: int) -> float:
+    """Consume ``count`` messages with ``consumer``; return messages per second."""
+    loop_class = ConsumerLoop if consumer == WITH_INBOX else WithoutInboxLoop
+    loop = loop_class(registry.get(consumer), max_messages=count)
+    started = time.perf_counter()
+    settled = loop.run()
+    elapsed = time.perf_counter() - started
+    assert settled == count, (settled, count)
+    return count / elapsed
+
+
+def clean_up() -> None:
+    connection = pika.BlockingConnection(connection_parameters(client_name="bench/consumer"))
+    channel = connection.channel()
+    for consumer in (WITH_INBOX, WITHOUT_INBOX):
+        topology = topology_for(registry.get(consumer))
+        for queue in {topology.queue, topology.dead_letter_queue} | {
+            topology.retry_queue(number) for number in range(1, len(topology.retry_delays_ms) + 1)
+        }:
+            channel.queue_delete(queue)
+    channel.exchange_delete(EXCHANGE)
+    connection.close()
+    Shipment.objects.filter(sku="bench").delete()
+    InboxMessage.objects.filter(consumer__in=[WITH_INBOX, WITHOUT_INBOX]).delete()
+
+
+if __name__ == "__main__":
+    main()

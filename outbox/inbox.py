@@ -1,0 +1,156 @@
+"""The inbox: which messages each consumer has processed, so a redelivery is skipped.
+
+The record is written in the same transaction as the handler's effects and *before* the
+handler runs. A unique (consumer, message_id) key makes a concurrent duplicate in another
+process wait on that row until the first transaction ends: it then sees the committed row and
+skips, or, if the first rolled back, records the message and runs the handler itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import ParamSpec, TypeVar
+from uuid import UUID
+
+from django.db import connections, router, transaction
+from django.utils import timezone
+
+from outbox import conf
+from outbox.exceptions import InvalidMessageError, TransactionRequiredError
+from outbox.models import InboxMessage
+
+logger = logging.getLogger("outbox.inbox")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# ON CONFLICT DO NOTHING rather than catching IntegrityError: a failed INSERT would abort the
+# surrounding PostgreSQL transaction, and the duplicate case is the normal path here, not an
+# error. RETURNING tells the two cases apart in one round trip.
+CLAIM_QUERY = """
+INSERT INTO outbox_inbox (consumer, message_id, event_type, processed_at)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (consumer, message_id) DO NOTHING
+RETURNING id
+"""
+
+_MAX_KEY_LENGTH = 255
+
+
+def claim(
+    consumer: str, message_id: str | UUID, *, event_type: str = "", using: str | None = None
+) -> bool:
+    """Record that ``consumer`` processes ``message_id``, in the current transaction.
+
+    Returns True the first time, False when the message is already recorded (a duplicate:
+    skip it). Must run inside ``transaction.atomic``: the record has to commit or roll back
+    together with what the handler does. If another transaction recorded the same message and
+    has not finished yet, this waits for it.
+    """
+    key = _message_key(message_id)
+    _check_name("consumer", consumer)
+    alias = using or router.db_for_write(InboxMessage)
+    connection = transaction.get_connection(alias)
+    if not connection.in_atomic_block:
+        raise TransactionRequiredError(
+            "inbox.claim() must run inside transaction.atomic(), in the transaction that does"
+            f" the processing (database {alias!r}); use idempotent() to get one"
+        )
+    with connections[alias].cursor() as cursor:
+        cursor.execute(CLAIM_QUERY, [consumer, key, event_type[:_MAX_KEY_LENGTH], timezone.now()])
+        return cursor.fetchone() is not None
+
+
+def idempotent(
+    consumer: str, *, message_id_argument: str = "message_id", using: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """Decorate a function so it runs at most once per message id for ``consumer``.
+
+    The decorated function runs inside ``transaction.atomic`` after its message id, read from
+    the argument named ``message_id_argument``, is recorded in the inbox. A call with an id
+    already recorded returns None without running it. An exception rolls back the record with
+    everything else, so a retry runs it again. Made for code that receives messages by other
+    means than ``outbox_consume``, e.g. a Celery task::
+
+        @shared_task
+        @idempotent("billing")
+        def charge(message_id: str, order_id: int) -> None: ...
+    """
+    _check_name("consumer", consumer)
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R | None]:
+        signature = inspect.signature(func)
+        if message_id_argument not in signature.parameters:
+            raise TypeError(
+                f"@idempotent: {func.__qualname__} has no argument {message_id_argument!r}"
+                " to read the message id from"
+            )
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+            bound = signature.bind(*args, **kwargs)
+            message_id = bound.arguments[message_id_argument]
+            with transaction.atomic(using=using):
+                if not claim(consumer, message_id, using=using):
+                    logger.info("%s: message %s already processed, skipped", consumer, message_id)
+                    return None
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def purge_inbox(
+    *, older_than: timedelta | None = None, batch_size: int | None = None, using: str | None = None
+) -> int:
+    """Delete inbox records processed longer ago than ``older_than`` and return how many.
+
+    ``older_than`` defaults to ``OUTBOX["INBOX_RETENTION_DAYS"]`` and ``batch_size`` to
+    ``OUTBOX["INBOX_PURGE_BATCH_SIZE"]``. Each batch is its own short transaction, oldest
+    first, so the purge never holds many locks or one long transaction, and can be stopped
+    at any point. A message redelivered after its record is purged is processed again.
+    """
+    if older_than is None:
+        older_than = timedelta(days=conf.get("INBOX_RETENTION_DAYS"))
+    if batch_size is None:
+        batch_size = conf.get("INBOX_PURGE_BATCH_SIZE")
+    if older_than < timedelta(0):
+        raise ValueError(f"older_than must not be negative, got {older_than}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    alias = using or router.db_for_write(InboxMessage)
+    cutoff = timezone.now() - older_than
+    deleted = 0
+    while True:
+        with transaction.atomic(using=alias):
+            batch = (
+                InboxMessage.objects.using(alias)
+                .filter(processed_at__lt=cutoff)
+                .order_by("processed_at")
+                .values("pk")[:batch_size]
+            )
+            count, _ = InboxMessage.objects.using(alias).filter(pk__in=batch).delete()
+        deleted += count
+        if count < batch_size:
+            return deleted
+
+
+def _message_key(message_id: object) -> str:
+    if isinstance(message_id, UUID):
+        return str(message_id)
+    _check_name("message_id", message_id)
+    assert isinstance(message_id, str)
+    return message_id
+
+
+def _check_name(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value or len(value) > _MAX_KEY_LENGTH:
+        raise InvalidMessageError(
+            f"{name} must be a non-empty string of at most {_MAX_KEY_LENGTH} characters,"
+            f" got {value!r}"
+        )

@@ -1,0 +1,168 @@
+"""Fixtures of the consumer tests: a private exchange with the recorder consumer's queues on
+the real RabbitMQ, messages put on it in the relay's wire format, consumer subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+from django.db import connection
+from pika.adapters.blocking_connection import BlockingChannel
+from pytest_django.fixtures import Settings
+
+from outbox.consumer import Topology, declare
+from tests.broker import Received, connect
+from tests.consumer import handlers
+from tests.consumer.settings import FAST_RETRIES
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ConsumerBroker:
+    """The recorder consumer's queues on a private exchange, and ways to use them."""
+
+    topology: Topology
+    connection: pika.BlockingConnection
+    channel: BlockingChannel
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def exchange(self) -> str:
+        return self.topology.exchange
+
+    def send(
+        self,
+        event_type: str = "test.happened",
+        payload: Any = None,
+        *,
+        message_id: str | None = None,
+        body: bytes | None = None,
+        routing_key: str | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> str:
+        """Publish like the relay does (see DESIGN.md "Wire format"); return the message id.
+
+        ``body`` replaces the JSON of ``payload``; ``properties`` override or (with None
+        values) remove properties, to make malformed messages.
+        """
+        message_id = message_id or str(uuid.uuid4())
+        wire: dict[str, Any] = {
+            "message_id": message_id,
+            "type": event_type,
+            "content_type": "application/json",
+            "delivery_mode": 2,
+            "timestamp": int(time.time()),
+            "headers": {"aggregate_type": "test", "aggregate_id": "1", "x-source": "tests"},
+        }
+        wire.update(properties or {})
+        if body is None:
+            body = json.dumps({} if payload is None else payload).encode()
+        self.channel.basic_publish(
+            self.exchange,
+            routing_key or event_type,
+            body,
+            pika.BasicProperties(**wire),
+            mandatory=True,
+        )
+        return message_id
+
+    def depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting unacknowledged ones)."""
+        result = self.channel.queue_declare(queue, passive=True)
+        return int(result.method.message_count or 0)
+
+    def dead_letters(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Take ``count`` messages off the dead-letter queue, waiting up to ``timeout``."""
+        taken: list[Received] = []
+        deadline = time.monotonic() + timeout
+        while len(taken) < count and time.monotonic() < deadline:
+            method, properties, body = self.channel.basic_get(
+                self.topology.dead_letter_queue, auto_ack=True
+            )
+            if method is None or properties is None:
+                self.connection.sleep(0.05)
+                continue
+            raw = body.encode() if isinstance(body, str) else bytes(body or b"")
+            taken.append(Received(raw, properties, method.routing_key or ""))
+        return taken
+
+    def start_consumer(self, *arguments: str) -> subprocess.Popen[str]:
+        """``manage.py outbox_consume recorder`` in a new process, on the test database."""
+        environment = {
+            **os.environ,
+            "OUTBOX_DB_NAME": str(connection.settings_dict["NAME"]),
+            "OUTBOX_EXCHANGE": self.exchange,
+            "PYTHONUNBUFFERED": "1",
+        }
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "outbox_consume",
+                handlers.RECORDER,
+                "--settings=tests.consumer.settings",
+                *arguments,
+            ],
+            cwd=REPOSITORY,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def wait_for_consumers(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` consumers are attached to the queue."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                result = self.channel.queue_declare(self.topology.queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                # The queue does not exist (yet); that closed the channel.
+                self.channel = self.connection.channel()
+                self.channel.confirm_delivery()
+            else:
+                if result.method.consumer_count == count:
+                    return
+            self.connection.sleep(0.1)
+        raise AssertionError(f"{count} consumers did not attach within {timeout}s")
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[ConsumerBroker]:
+    """The recorder's queues on a fresh exchange, with fast retries; deleted afterwards."""
+    exchange = f"test-{uuid.uuid4().hex[:12]}"
+    settings.OUTBOX = {**settings.OUTBOX, **FAST_RETRIES, "EXCHANGE": exchange}
+    topology = declare(handlers.RECORDER)
+    amqp = connect()
+    channel = amqp.channel()
+    channel.confirm_delivery()
+    state = ConsumerBroker(topology, amqp, channel)
+    try:
+        yield state
+    finally:
+        for process in state.processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=30)  # also closes its output pipe
+        if amqp.is_open:
+            cleanup = amqp.channel()
+            queues = [topology.queue, topology.dead_letter_queue]
+            queues += [topology.retry_queue(n) for n in range(1, len(topology.retry_delays_ms) + 1)]
+            for queue in dict.fromkeys(queues):
+                cleanup.queue_delete(queue)
+            cleanup.exchange_delete(exchange)
+            amqp.close()

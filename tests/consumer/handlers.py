@@ -1,0 +1,40 @@
+"""Integration handlers of the test consumer ``recorder``; the payload says how to behave.
+
+Every run first writes a ``LogLine`` with the message id, so a test sees whether (and how
+often) a run's transaction committed.
+"""
+
+import time
+from pathlib import Path
+
+from outbox import IncomingMessage, integration_handler, publish
+from tests.testapp.models import Counter, LogLine
+
+RECORDER = "recorder"
+
+
+class HandlerFailedError(Exception):
+    """Raised on purpose by the test handler."""
+
+
+@integration_handler("test.#", consumer=RECORDER)
+def record(message: IncomingMessage) -> None:
+    payload = message.payload
+    LogLine.objects.create(text=message.message_id)
+    if "pause_file" in payload:
+        # The first run announces itself and then hangs, so a test can kill the process with
+        # the transaction open; the run after the restart finds the file and goes on.
+        pause_file = Path(payload["pause_file"])
+        if not pause_file.exists():
+            pause_file.write_text(message.message_id)
+            time.sleep(payload.get("pause_seconds", 60))
+    if "sleep" in payload:
+        time.sleep(payload["sleep"])
+    if "counter" in payload:
+        # Saving the aggregate dispatches its domain events in this transaction.
+        counter = Counter.objects.create(name=payload["counter"])
+        counter.bump()
+        counter.save()
+        publish("test.recorded", {"message_id": message.message_id})
+    if message.attempt <= payload.get("fail_attempts", 0):
+        raise HandlerFailedError(f"failing on purpose on attempt {message.attempt}")
