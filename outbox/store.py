@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router, transaction
 from django.db.backends.utils import CursorWrapper
 
@@ -233,6 +234,11 @@ def _execute_count(name: str, params: Mapping[str, Any], *, using: str | None) -
 def _cursor(using: str | None) -> CursorWrapper:
     alias = using or router.db_for_write(OutboxMessage)
     connection = transaction.get_connection(alias)
+    if connection.vendor != "postgresql":
+        raise ImproperlyConfigured(
+            f"the outbox relay needs PostgreSQL; database {alias!r} is {connection.vendor}"
+            " (SKIP LOCKED claims, commit-ordered positions and LISTEN/NOTIFY)"
+        )
     if connection.in_atomic_block:
         # Inside a caller's transaction a claim would keep its row locks until that
         # transaction ends, possibly across the whole publish: exactly what the relay avoids.

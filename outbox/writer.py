@@ -135,7 +135,11 @@ def _insert(row: OutboxMessage, alias: str) -> None:
     The hot path of every business transaction: the prepared statement keeps the outbox's
     write overhead down (docs/performance.md). No model signals are sent for outbox rows.
     """
-    with connections[alias].cursor() as cursor:
+    connection = connections[alias]
+    if connection.vendor != "postgresql":  # the named query is PostgreSQL's dialect
+        row.save(force_insert=True, using=alias)
+        return
+    with connection.cursor() as cursor:
         cursor.execute(
             queries()["insert_message"],
             {

@@ -58,6 +58,18 @@ ALTER TABLE outbox_message RESET (fillfactor);
 """
 
 
+def create_triggers(apps, schema_editor):
+    # PostgreSQL only: elsewhere (SQLite in development) rows keep position 0 and the relay,
+    # which needs PostgreSQL, refuses to run.
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(CREATE_TRIGGERS)
+
+
+def drop_triggers(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(DROP_TRIGGERS)
+
+
 class Migration(migrations.Migration):
     dependencies = [("outbox", "0001_initial")]
 
@@ -79,7 +91,7 @@ class Migration(migrations.Migration):
             name="position",
             field=models.BigIntegerField(db_default=0, editable=False),
         ),
-        migrations.RunSQL(CREATE_TRIGGERS, DROP_TRIGGERS),
+        migrations.RunPython(create_triggers, drop_triggers),
         migrations.AddIndex(
             model_name="outboxmessage",
             index=models.Index(
