@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -86,7 +87,8 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
     """Write many integration events in one INSERT statement and return the rows, in order.
 
     All messages are checked first: if any is invalid, ``InvalidMessageError`` names its
-    position and nothing is written.
+    position and nothing is written. Rows are inserted grouped by ordering key (the messages
+    of one key keep their order), so their per-key locks are always taken in the same order.
     """
     rows = []
     for position, message in enumerate(messages):
@@ -100,7 +102,10 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
             raise type(error)(f"message {position}: {error}") from error
     alias = _writable_alias(using)
     if rows:
-        OutboxMessage.objects.using(alias).bulk_create(rows)
+        # The insert trigger locks each ordering key until commit. Taking the locks in one
+        # global order (sorted by key; stable, so a key's own rows keep their order) means two
+        # batches with overlapping keys wait for each other instead of deadlocking.
+        OutboxMessage.objects.using(alias).bulk_create(sorted(rows, key=attrgetter("ordering_key")))
     return rows
 
 

@@ -164,15 +164,62 @@ def test_publish_many_writes_all_rows_in_one_statement(
     django_assert_num_queries: Any,
 ) -> None:
     messages = [
-        Message("orders.order_placed", {"n": n}, aggregate_type="order", aggregate_id=n)
+        Message("orders.order_placed", {"n": n}, aggregate_type="order", aggregate_id=n % 7)
         for n in range(50)
     ]
     with transaction.atomic(), django_assert_num_queries(1):
         rows = publish_many(messages)
-    assert [row.payload["n"] for row in rows] == list(range(50))
+    assert [row.payload["n"] for row in rows] == list(range(50)), "returned in input order"
     assert all(row.pk is not None for row in rows)
-    stored = list(OutboxMessage.objects.order_by("id").values_list("payload", flat=True))
-    assert stored == [{"n": n} for n in range(50)]
+    stored = OutboxMessage.objects.order_by("position")
+    assert sorted(row.payload["n"] for row in stored) == list(range(50))
+    for key in {row.ordering_key for row in rows}:
+        of_key = [row.payload["n"] for row in stored if row.ordering_key == key]
+        assert of_key == sorted(of_key), f"{key}: one key's messages keep their order"
+
+
+def test_publish_many_batches_with_overlapping_keys_do_not_deadlock() -> None:
+    """Two transactions publishing the same keys in opposite orders both commit.
+
+    A third session holds the middle key's lock (the one the insert trigger of migration
+    0002_relay takes), so both writers are sure to be inside their INSERT, holding the keys
+    before it, when they meet. Inserted in the callers' orders they would deadlock there.
+    """
+    import threading
+    import time
+
+    from django.db import connection, connections
+
+    keys = [f"k{n:03}" for n in range(100)]
+    errors: list[BaseException] = []
+
+    def writer(order: list[str]) -> None:
+        try:
+            with transaction.atomic():
+                publish_many(Message("x.y", {}, aggregate_type="t", aggregate_id=k) for k in order)
+        except BaseException as error:  # reported below, with the thread's own error
+            errors.append(error)
+        finally:
+            connection.close()
+
+    holder = connections.create_connection("default")
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(1330992216, hashtext('t:k050'))")
+            threads = [
+                threading.Thread(target=writer, args=(keys,)),
+                threading.Thread(target=writer, args=(keys[::-1],)),
+            ]
+            for thread in threads:
+                thread.start()
+            time.sleep(1.0)
+            cursor.execute("SELECT pg_advisory_unlock(1330992216, hashtext('t:k050'))")
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        holder.close()
+    assert errors == []
+    assert OutboxMessage.objects.count() == 200
 
 
 def test_publish_many_with_one_bad_message_writes_none() -> None:
