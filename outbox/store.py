@@ -162,7 +162,8 @@ class ReadyListener:
     """A dedicated autocommit connection LISTENing for "rows committed" notifications.
 
     Django's own connection cannot LISTEN for us (it may sit in a transaction, and Django
-    does not expose notifications), so this one is opened from the same settings.
+    does not expose notifications), so this one is opened from the same settings. Other
+    databases have no notifications: there ``wait`` only sleeps, and the relay polls.
     """
 
     def __init__(self, using: str | None = None) -> None:
