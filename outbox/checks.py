@@ -59,9 +59,11 @@ def check_database(**kwargs: Any) -> list[CheckMessage]:
         CheckWarning(
             f"the outbox table is on a {vendor} database ({alias!r}); the outbox is built for"
             " PostgreSQL",
-            hint="fine for development with a single relay; without PostgreSQL there is no"
-            " SKIP LOCKED (run one relay only), no LISTEN/NOTIFY wake-up (polling only) and no"
-            " per-aggregate order across concurrent writers",
+            hint="fine for development with a single relay: without PostgreSQL there is no"
+            " SKIP LOCKED (run one relay only, never several), no LISTEN/NOTIFY (the relay polls"
+            " every POLL_INTERVAL_SECONDS) and throughput is low; per-aggregate order holds on"
+            " SQLite, which serializes writers, but not with concurrent writers elsewhere"
+            " (see docs/concepts.md)",
             id="outbox.W002",
         )
     ]

@@ -104,8 +104,8 @@ class Relay:
     """Publishes ready outbox rows through ``publisher`` (RabbitMQ unless given one).
 
     A relay is not thread-safe; run one per thread or process. Any number of relays may run
-    against one database at once: leases keep them off each other's rows and the claim keeps
-    per-key order.
+    against one PostgreSQL database at once: leases keep them off each other's rows and the
+    claim keeps per-key order. On any other database run only one (docs/concepts.md).
     """
 
     def __init__(
@@ -317,10 +317,10 @@ class Relay:
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The long-running worker: drain, then sleep until rows commit, until stopped.
 
-        It wakes on the LISTEN/NOTIFY signal of committed rows and at least every
-        POLL_INTERVAL_SECONDS (so a lost notification, or a retry coming due, waits at most
-        that long). An unreachable broker or database is retried with a capped exponential
-        backoff; neither uses up the rows' attempts.
+        It wakes on the LISTEN/NOTIFY signal of committed rows (PostgreSQL only; elsewhere it
+        just polls) and at least every POLL_INTERVAL_SECONDS (so a lost notification, or a
+        retry coming due, waits at most that long). An unreachable broker or database is
+        retried with a capped exponential backoff; neither uses up the rows' attempts.
         """
         listener = store.ReadyListener(self.using)
         failures = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from argparse import ArgumentParser
@@ -10,13 +11,17 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from outbox import store
 from outbox.relay import Relay
+
+logger = logging.getLogger("outbox.relay")
 
 
 class Command(BaseCommand):
     help = (
         "Publish ready outbox rows to RabbitMQ. Runs until SIGTERM/SIGINT, woken by"
-        " PostgreSQL notifications when rows commit; --once drains what is ready and exits."
+        " PostgreSQL notifications when rows commit (other databases: polling, one relay only);"
+        " --once drains what is ready and exits."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -28,6 +33,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         relay = Relay()
+        if not store.listens_for_commits(relay.using):
+            logger.warning(
+                "the outbox is not on PostgreSQL: this relay polls every POLL_INTERVAL_SECONDS"
+                " and must be the only one running (no SKIP LOCKED); fine for development only",
+                extra={"event": "not_postgresql", "relay": relay.name},
+            )
         try:
             if options["once"]:
                 self._once(relay)
