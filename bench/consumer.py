@@ -12,35 +12,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("OUTBOX_DB_NAME", "outbox_bench")
-EXCHANGE = f"bench-{uuid.uuid4().hex[:8]}"
-os.environ["OUTBOX_EXCHANGE"] = EXCHANGE
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+import pika
+from django.core.management import call_command
+from django.db import transaction
+from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
 
-import django  # noqa: E402
-
-django.setup()
-
-import pika  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import transaction  # noqa: E402
-
-from example_project.shipping.models import Shipment  # noqa: E402
-from outbox import IncomingMessage, conf, integration_handler  # noqa: E402
-from outbox.broker import connection_parameters  # noqa: E402
-from outbox.consumer import ConsumerLoop, Outcome, declare, topology_for  # noqa: E402
-from outbox.consumers import registry  # noqa: E402
-from outbox.models import InboxMessage  # noqa: E402
+from example_project.shipping.models import Shipment
+from outbox import IncomingMessage, conf, integration_handler
+from outbox.broker import connection_parameters
+from outbox.consumer import ConsumerLoop, Outcome, declare, topology_for
+from outbox.consumers import registry
+from outbox.models import InboxMessage
 
 WITH_INBOX = "bench-inbox"
 WITHOUT_INBOX = "bench-plain"

@@ -11,29 +11,20 @@ the same connection: latencies are printed next to it.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 from uuid import uuid4
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+from django.core.management import call_command
+from django.db import connection, transaction
+from environment import REPO_ROOT as ROOT  # first: puts Django in place
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-
-from domain_events import (  # noqa: E402
+from domain_events import (
     DomainEvent,
     EventSourcedAggregate,
     EventStore,
@@ -42,7 +33,7 @@ from domain_events import (  # noqa: E402
     applies,
     run_projection,
 )
-from domain_events.models import (  # noqa: E402
+from domain_events.models import (
     AggregateVersion,
     ProjectionCheckpoint,
     Snapshot,

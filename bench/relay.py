@@ -19,29 +19,18 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-os.environ.setdefault("OUTBOX_DB_NAME", "outbox_bench")
-EXCHANGE = f"bench-{uuid.uuid4().hex[:8]}"
-os.environ["OUTBOX_EXCHANGE"] = EXCHANGE
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+import pika
+from django.core.management import call_command
+from django.db import connection, transaction
+from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
 
-import django  # noqa: E402
-
-django.setup()
-
-import pika  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
-
-from example_project.shop.models import Order  # noqa: E402
-from outbox import Message, publish, publish_many  # noqa: E402
-from outbox.broker import connection_parameters  # noqa: E402
-from outbox.models import OutboxMessage  # noqa: E402
-from outbox.relay import Relay  # noqa: E402
+from example_project.shop.models import Order
+from outbox import Message, publish, publish_many
+from outbox.broker import connection_parameters
+from outbox.models import OutboxMessage
+from outbox.relay import Relay
 
 PYTHON = sys.executable
 BODY = b'{"order_id":"2f0c3a6e-1d2b-4c55-9a43-5d7f3b1e9c10","sku":"demo-mug","quantity":2}'
