@@ -1,4 +1,4 @@
-"""What an operator can do to outbox rows: retry now, mark failed, replay.
+"""What an operator can do to outbox rows: retry now, mark failed, replay, purge.
 
 The admin actions and ``outbox_replay`` both call these functions. Each works through the
 chosen rows in batches ordered by id, one short transaction per batch, and only touches rows
@@ -9,6 +9,7 @@ re-checked, so a row a relay is publishing right now is left alone rather than r
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from datetime import timedelta
 from typing import TypeAlias
 
 from django.db import router, transaction
@@ -16,9 +17,10 @@ from django.db.models import Case, F, QuerySet, Value, When
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from outbox import conf
 from outbox.models import OutboxMessage
 
-__all__ = ["REPLAY_OF_HEADER", "mark_failed", "replay", "retry_now"]
+__all__ = ["REPLAY_OF_HEADER", "mark_failed", "purge_published", "replay", "retry_now"]
 
 # Header a replay with new message ids puts on each copy: the original row's message_id.
 REPLAY_OF_HEADER = "x-replay-of"
@@ -158,3 +160,46 @@ def _in_batches(
                 on_batch(ids)
         last_id = ids[-1]
         changed += len(ids)
+
+
+def purge_published(
+    *,
+    older_than: timedelta | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+    using: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Delete published rows published more than ``older_than`` ago; return how many.
+
+    Defaults: ``OUTBOX["RETENTION"]`` and ``OUTBOX["PURGE_BATCH_SIZE"]``. Each batch is one
+    short DELETE of the oldest rows, so the relay and writers never wait behind a long
+    transaction and autovacuum reclaims space as it goes. Ready and failed rows are never
+    deleted, whatever their age. ``max_batches`` bounds one run (a scheduled task then
+    finishes the rest next time); ``on_batch`` gets the size of each deleted batch.
+    """
+    retention = older_than if older_than is not None else timedelta(seconds=conf.get("RETENTION"))
+    size = batch_size if batch_size is not None else conf.get("PURGE_BATCH_SIZE")
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {size}")
+    if retention < timedelta(0):
+        raise ValueError(f"older_than must not be negative, got {retention}")
+    alias = using or router.db_for_write(OutboxMessage)
+    cutoff = timezone.now() - retention
+    # The status test is repeated on the outer DELETE: PostgreSQL re-checks it against a
+    # row replayed back to ready between the subquery and the delete, and keeps that row.
+    expired = OutboxMessage.objects.using(alias).filter(
+        status=Status.PUBLISHED, published_at__lt=cutoff
+    )
+    deleted_total = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        oldest = expired.order_by("published_at").values("pk")[:size]
+        deleted, _ = expired.filter(pk__in=oldest).delete()
+        batches += 1
+        deleted_total += deleted
+        if on_batch is not None and deleted:
+            on_batch(deleted)
+        if deleted < size:
+            break
+    return deleted_total
