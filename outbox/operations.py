@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import TypeAlias
 
 from django.db import router, transaction
-from django.db.models import Case, F, QuerySet, Value, When
+from django.db.models import Case, F, QuerySet, TextField, Value, When
 from django.db.models.functions import Concat
 from django.utils import timezone
 
@@ -72,6 +72,7 @@ def mark_failed(
             last_error=Case(
                 When(last_error="", then=Value(note)),
                 default=Concat(Value(f"{note}; previous error: "), F("last_error")),
+                output_field=TextField(),
             ),
         )
 
