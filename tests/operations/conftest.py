@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from outbox.models import OutboxMessage
 
+
 class MakeMessage(Protocol):
     def __call__(
         self,
@@ -19,6 +20,7 @@ class MakeMessage(Protocol):
         published_ago: timedelta | None = ...,
         **fields: Any,
     ) -> OutboxMessage: ...
+
 
 @pytest.fixture
 def make_message() -> MakeMessage:
@@ -56,6 +58,7 @@ def make_message() -> MakeMessage:
         return OutboxMessage.objects.create(**values)
 
     return make
+
 
 def refreshed(row: OutboxMessage) -> OutboxMessage:
     """The row as the database has it now."""

@@ -132,9 +132,12 @@ def test_a_row_held_by_a_relay_is_left_alone(make_message: MakeMessage) -> None:
 
     def relay_holding_the_row() -> None:
         settings = connection.settings_dict
-        with psycopg.connect(
-            dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"]
-        ) as other, other.transaction():
+        with (
+            psycopg.connect(
+                dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"]
+            ) as other,
+            other.transaction(),
+        ):
             other.execute("SELECT 1 FROM outbox_message WHERE id = %s FOR UPDATE", [held.pk])
             locked.set()
             release.wait(10)

@@ -6,6 +6,7 @@ already processed); ``--new-ids`` inserts copies with new ids and an ``x-replay-
 
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import datetime
 from typing import Any
@@ -133,7 +134,7 @@ def _aware_datetime(text: str) -> datetime:
     except ValueError:
         value = None
     if value is None:
-        raise ValueError(f"not an ISO 8601 date and time: {text!r}")
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date and time: {text!r}")
     return value if timezone.is_aware(value) else timezone.make_aware(value)
 
 
