@@ -46,7 +46,6 @@ def make_message() -> MakeMessage:
             "exchange": "events",
             "aggregate_type": "order",
             "aggregate_id": str(number),
-            "ordering_key": f"order:{number}",
             "payload": {"order_id": number},
             "status": status,
             "created_at": now - age,
@@ -55,6 +54,7 @@ def make_message() -> MakeMessage:
         if status == OutboxMessage.Status.PUBLISHED:
             values["published_at"] = now - (published_ago or timedelta(0))
         values.update(fields)
+        values.setdefault("ordering_key", f"{values['aggregate_type']}:{values['aggregate_id']}")
         return OutboxMessage.objects.create(**values)
 
     return make
