@@ -46,6 +46,14 @@ def pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="outbox-json">{}</pre>', text)
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest whole unit that fits: "45 s", "12 min", "3 h", "2 d"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 class ReadOnlyModelAdmin(_ModelAdmin):
     """An admin that shows rows and never adds, edits or deletes them.
 
@@ -194,7 +202,14 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        context = {**(extra_context or {}), "outbox_summary": stats.summary()}
+        summary = stats.summary()
+        oldest = summary.oldest_ready_age_seconds
+        context = {
+            **(extra_context or {}),
+            "outbox_summary": summary,
+            "outbox_oldest_ready": None if oldest is None else format_duration(oldest),
+            "outbox_stuck_after": format_duration(summary.stuck_after_seconds),
+        }
         return super().changelist_view(request, extra_context=context)
 
     # --- actions ---

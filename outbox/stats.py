@@ -59,6 +59,12 @@ class OutboxSummary:
         """True when some relay published a message within the last minute."""
         return self.published_last_minute > 0
 
+    @property
+    def backlog_stale(self) -> bool:
+        """True when the oldest ready row has waited longer than the stuck threshold."""
+        age = self.oldest_ready_age_seconds
+        return age is not None and age > self.stuck_after_seconds
+
     def as_json(self) -> dict[str, Any]:
         """The summary as JSON-ready values (datetimes as ISO 8601 strings)."""
         data = asdict(self)
@@ -66,6 +72,7 @@ class OutboxSummary:
             if isinstance(value, datetime):
                 data[key] = value.isoformat()
         data["relay_active"] = self.relay_active
+        data["backlog_stale"] = self.backlog_stale
         return data
 
 

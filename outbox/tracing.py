@@ -31,14 +31,15 @@ __all__ = [
 OPENTELEMETRY_AVAILABLE = trace is not None
 TRACE_HEADERS = ("traceparent", "tracestate")
 TRACER_NAME = "outbox"
+_PROPAGATOR = TraceContextTextMapPropagator() if trace is not None else None
 
 
 def trace_headers() -> dict[str, str]:
     """The current span's ``traceparent`` / ``tracestate``, or ``{}`` when there is none."""
-    if trace is None:
+    if _PROPAGATOR is None:
         return {}
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    _PROPAGATOR.inject(carrier)
     return carrier
 
 
@@ -60,7 +61,7 @@ def continue_trace(
     ``traceparent`` the span starts a new trace. Yields the span, or None when OpenTelemetry
     is not installed.
     """
-    if trace is None:
+    if trace is None or _PROPAGATOR is None:
         yield None
         return
     carrier = {
@@ -68,7 +69,7 @@ def continue_trace(
         for key, value in (headers or {}).items()
         if key in TRACE_HEADERS and value is not None
     }
-    parent = TraceContextTextMapPropagator().extract(carrier)
+    parent = _PROPAGATOR.extract(carrier)
     tracer = trace.get_tracer(TRACER_NAME)
     with tracer.start_as_current_span(name, context=parent, kind=trace.SpanKind.CONSUMER) as span:
         yield span

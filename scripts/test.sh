@@ -8,8 +8,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
 bootstrap_venv
 ensure_all_services
+ensure_chromium
 
 echo "== ruff check" && .venv/bin/ruff check .
 echo "== ruff format --check" && .venv/bin/ruff format --check .
