@@ -7,8 +7,9 @@ extra) they feed these series in its default registry:
 - ``outbox_messages_published_total``, ``outbox_messages_retried_total``,
   ``outbox_messages_failed_total`` (counters)
 - ``outbox_publish_latency_seconds`` (histogram: row creation to broker confirm)
-- ``outbox_ready_messages`` and ``outbox_oldest_ready_age_seconds`` (gauges read from the
-  database at scrape time by a collector; see ``register_backlog_collector``)
+- ``outbox_ready_messages``, ``outbox_failed_messages`` and
+  ``outbox_oldest_ready_age_seconds`` (gauges read from the database at scrape time by a
+  collector; see ``register_backlog_collector``)
 
 Without it every function is a no-op.
 """
@@ -27,6 +28,8 @@ except ImportError:  # the prometheus extra is not installed
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
+
+    from outbox import stats
 
 __all__ = [
     "PROMETHEUS_AVAILABLE",
@@ -102,23 +105,25 @@ if prometheus_client is not None:
             return self._families()
 
         def collect(self) -> Iterable[Any]:
+            # Imported here: this module loads before the apps (the relay imports it early).
             from outbox import stats
 
-            ready, oldest_age = stats.backlog()
-            return self._families(ready=ready, oldest_age=oldest_age or 0.0)
+            return self._families(stats.backlog())
 
         @staticmethod
-        def _families(
-            ready: int | None = None, oldest_age: float | None = None
-        ) -> list[GaugeMetricFamily]:
-            depth = GaugeMetricFamily(
+        def _families(backlog: stats.Backlog | None = None) -> list[GaugeMetricFamily]:
+            ready = GaugeMetricFamily(
                 "outbox_ready_messages", "Outbox rows waiting to be published"
+            )
+            failed = GaugeMetricFamily(
+                "outbox_failed_messages", "Outbox rows marked failed (an operator must act)"
             )
             age = GaugeMetricFamily(
                 "outbox_oldest_ready_age_seconds",
                 "Age of the oldest ready outbox row in seconds (0 when none is waiting)",
             )
-            if ready is not None and oldest_age is not None:
-                depth.add_metric([], ready)
-                age.add_metric([], oldest_age)
-            return [depth, age]
+            if backlog is not None:
+                ready.add_metric([], backlog.ready)
+                failed.add_metric([], backlog.failed)
+                age.add_metric([], backlog.oldest_ready_age_seconds or 0.0)
+            return [ready, failed, age]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connections, router
 from django.db.models import Count, Max, Min, Q, QuerySet
@@ -30,6 +30,7 @@ EXACT_COUNT_LIMIT = 100_000
 _ESTIMATED_ROWS_SQL = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass"
 
 __all__ = [
+    "Backlog",
     "OutboxSummary",
     "backlog",
     "stuck_after",
@@ -94,19 +95,32 @@ def stuck_condition(now: datetime | None = None) -> Q:
     )
 
 
-def backlog(using: str | None = None) -> tuple[int, float | None]:
-    """Return the number of ready rows and the age in seconds of the oldest (None if none).
+class Backlog(NamedTuple):
+    """What waits: ready rows, failed rows, and the oldest ready row's age (None if none)."""
 
-    Cheap enough to run on every Prometheus scrape: one aggregate over the ready rows.
+    ready: int
+    failed: int
+    oldest_ready_age_seconds: float | None
+
+
+def backlog(using: str | None = None) -> Backlog:
+    """Count the unpublished rows and age the oldest ready one.
+
+    Cheap enough to run on every Prometheus scrape: one aggregate over the unpublished rows,
+    which the relay's partial index covers.
     """
     now = timezone.now()
     row = (
         _messages(using)
-        .filter(status=OutboxMessage.Status.READY)
-        .aggregate(count=Count("id"), oldest=Min("created_at"))
+        .exclude(status=OutboxMessage.Status.PUBLISHED)
+        .order_by()
+        .aggregate(
+            ready=Count("id", filter=Q(status=OutboxMessage.Status.READY)),
+            failed=Count("id", filter=Q(status=OutboxMessage.Status.FAILED)),
+            oldest=Min("created_at", filter=Q(status=OutboxMessage.Status.READY)),
+        )
     )
-    oldest: datetime | None = row["oldest"]
-    return row["count"], _age_seconds(now, oldest)
+    return Backlog(row["ready"], row["failed"], _age_seconds(now, row["oldest"]))
 
 
 def summary(using: str | None = None) -> OutboxSummary:

@@ -10,6 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
+from outbox.admin import format_duration
 from outbox.models import OutboxMessage
 from tests.operations.conftest import MakeMessage, refreshed
 
@@ -169,3 +170,11 @@ def test_mark_failed_and_replay_actions(make_message: MakeMessage) -> None:
     copy = OutboxMessage.objects.exclude(pk__in=[ready.pk, published.pk]).get()
     assert copy.headers["x-replay-of"] == str(ready.message_id)
     assert LogEntry.objects.count() == 3
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0 s"), (59.6, "60 s"), (60, "1 min"), (7200, "2 h"), (3 * 86400 + 5, "3 d")],
+)
+def test_durations_are_shown_in_the_largest_whole_unit(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text

@@ -63,7 +63,9 @@ def test_backlog_gauges_are_read_at_scrape_time(make_message: MakeMessage) -> No
     make_message(OutboxMessage.Status.READY, age=timedelta(minutes=2))
     make_message(OutboxMessage.Status.READY)
     make_message(OutboxMessage.Status.PUBLISHED)
+    make_message(OutboxMessage.Status.FAILED)
 
     assert sample("outbox_ready_messages", registry) == 2
+    assert sample("outbox_failed_messages", registry) == 1
     assert sample("outbox_oldest_ready_age_seconds", registry) == pytest.approx(120, abs=5)
     assert b"# TYPE outbox_ready_messages gauge" in generate_latest(registry)

@@ -66,9 +66,9 @@ def test_ready_rows_backing_off_still_count_as_stuck(make_message: MakeMessage) 
         next_attempt_at=waiting.created_at + timedelta(hours=2)
     )
     assert list(OutboxMessage.objects.filter(stats.stuck_condition())) == [waiting]
-    ready, oldest_age = stats.backlog()
-    assert ready == 1
-    assert oldest_age == pytest.approx(3600, abs=5)
+    backlog = stats.backlog()
+    assert (backlog.ready, backlog.failed) == (1, 0)
+    assert backlog.oldest_ready_age_seconds == pytest.approx(3600, abs=5)
 
 
 def test_a_large_table_shows_the_planner_estimate(
@@ -86,3 +86,14 @@ def test_a_large_table_shows_the_planner_estimate(
     assert summary.published_is_estimate
     assert summary.published == 4  # ANALYZE of a tiny table counts every row
     assert summary.ready == 1
+
+
+def test_backlog_is_stale_only_past_the_threshold(make_message: MakeMessage) -> None:
+    make_message(FAILED)
+    make_message(READY, age=timedelta(seconds=30))
+    assert not stats.summary().backlog_stale
+
+    make_message(READY, age=timedelta(minutes=6))
+    summary = stats.summary()
+    assert summary.backlog_stale
+    assert summary.as_json()["backlog_stale"] is True
