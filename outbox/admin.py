@@ -16,9 +16,11 @@ from uuid import UUID
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
@@ -30,10 +32,12 @@ from outbox.models import OutboxMessage
 __all__ = ["OutboxMessageAdmin", "ReadOnlyModelAdmin", "pretty_json"]
 
 if TYPE_CHECKING:
-    # django-stubs makes ModelAdmin generic; at run time it is not subscriptable.
+    # django-stubs makes ModelAdmin and Paginator generic; at run time it is not subscriptable.
     _ModelAdmin = admin.ModelAdmin[Any]
+    _Paginator = Paginator[Any]
 else:
     _ModelAdmin = admin.ModelAdmin
+    _Paginator = Paginator
 # Event types offered by the filter come from unpublished rows and this many recent rows,
 # so building the filter never scans a table that keeps millions of published rows.
 EVENT_TYPE_FILTER_RECENT_ROWS = 10_000
@@ -52,6 +56,24 @@ def format_duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds // size:.0f} {unit}"
     return f"{seconds:.0f} s"
+
+
+class EstimatedCountPaginator(_Paginator):
+    """Counts the unfiltered outbox with PostgreSQL's estimate once the table is large.
+
+    The admin counts the rows to paginate; an exact count(*) over the published rows a
+    table keeps for its retention period would make every visit to the list slow.
+    Filtered lists (stuck, ready, failed) are small and counted exactly.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        rows = self.object_list
+        if isinstance(rows, QuerySet) and not rows.query.where:
+            estimate = stats.estimated_table_rows(rows.db)
+            if estimate >= stats.EXACT_COUNT_LIMIT:
+                return estimate
+        return super().count
 
 
 class ReadOnlyModelAdmin(_ModelAdmin):
@@ -140,6 +162,7 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
     search_help_text = "A message id (UUID), an aggregate id, or an ordering key type:id."
     ordering = ["-id"]
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     actions = ["retry_now", "mark_failed", "replay", "replay_with_new_ids"]
     fieldsets = [
         (None, {"fields": ["message_id", "status", "event_type", "routing_key", "exchange"]}),

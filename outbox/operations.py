@@ -8,6 +8,7 @@ re-checked, so a row a relay is publishing right now is left alone rather than r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import TypeAlias
@@ -21,6 +22,8 @@ from outbox import conf
 from outbox.models import OutboxMessage
 
 __all__ = ["REPLAY_OF_HEADER", "mark_failed", "purge_published", "replay", "retry_now"]
+
+logger = logging.getLogger(__name__)
 
 # Header a replay with new message ids puts on each copy: the original row's message_id.
 REPLAY_OF_HEADER = "x-replay-of"
@@ -49,7 +52,9 @@ def retry_now(
     def apply(ids: list[int]) -> None:
         _rows(messages, ids).update(status=Status.READY, attempts=0, next_attempt_at=timezone.now())
 
-    return _in_batches(messages, {Status.READY, Status.FAILED}, apply, on_batch, batch_size)
+    changed = _in_batches(messages, {Status.READY, Status.FAILED}, apply, on_batch, batch_size)
+    _log("retry_now", changed)
+    return changed
 
 
 def mark_failed(
@@ -76,7 +81,9 @@ def mark_failed(
             ),
         )
 
-    return _in_batches(messages, {Status.READY}, apply, on_batch, batch_size)
+    changed = _in_batches(messages, {Status.READY}, apply, on_batch, batch_size)
+    _log("mark_failed", changed, actor=actor)
+    return changed
 
 
 def replay(
@@ -107,7 +114,17 @@ def replay(
         )
 
     apply = insert_copies if new_ids else put_back
-    return _in_batches(messages, {Status.PUBLISHED, Status.FAILED}, apply, on_batch, batch_size)
+    changed = _in_batches(messages, {Status.PUBLISHED, Status.FAILED}, apply, on_batch, batch_size)
+    _log("replay", changed, new_ids=new_ids)
+    return changed
+
+
+def _log(operation: str, count: int, **details: object) -> None:
+    # One line per operation with its fields both in the text (plain log files) and as
+    # ``extra`` attributes (JSON formatters pick them up).
+    fields = {"operation": operation, "count": count, **details}
+    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    logger.info("outbox %s", text, extra={f"outbox_{key}": value for key, value in fields.items()})
 
 
 def _copy(original: OutboxMessage) -> OutboxMessage:
@@ -203,4 +220,5 @@ def purge_published(
             on_batch(deleted)
         if deleted < size:
             break
+    _log("purge", deleted_total, batches=batches, cutoff=cutoff.isoformat())
     return deleted_total

@@ -33,6 +33,7 @@ __all__ = [
     "Backlog",
     "OutboxSummary",
     "backlog",
+    "estimated_table_rows",
     "stuck_after",
     "stuck_condition",
     "summary",
@@ -161,6 +162,16 @@ def summary(using: str | None = None) -> OutboxSummary:
     )
 
 
+def estimated_table_rows(using: str | None = None) -> int:
+    """PostgreSQL's estimate of the outbox table's row count (from the last ANALYZE)."""
+    alias = using or router.db_for_read(OutboxMessage)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_ESTIMATED_ROWS_SQL, [OutboxMessage._meta.db_table])
+        estimate: int = cursor.fetchone()[0]
+    # -1 means "never analyzed" (PostgreSQL 14+).
+    return max(0, estimate)
+
+
 def _messages(using: str | None) -> QuerySet[OutboxMessage]:
     return OutboxMessage.objects.using(using or router.db_for_read(OutboxMessage))
 
@@ -174,10 +185,7 @@ def _published_count(
 ) -> tuple[int, bool]:
     # An exact count(*) of millions of kept rows would take seconds on every admin page
     # load; the planner's estimate is what large Django admin installs show as well.
-    alias = using or router.db_for_read(OutboxMessage)
-    with connections[alias].cursor() as cursor:
-        cursor.execute(_ESTIMATED_ROWS_SQL, [OutboxMessage._meta.db_table])
-        estimated_rows = cursor.fetchone()[0]
+    estimated_rows = estimated_table_rows(using)
     if estimated_rows < EXACT_COUNT_LIMIT:
         return published.count(), False
     return max(0, estimated_rows - unpublished), True

@@ -10,6 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
+from outbox import stats
 from outbox.admin import format_duration
 from outbox.models import OutboxMessage
 from tests.operations.conftest import MakeMessage, refreshed
@@ -178,3 +179,20 @@ def test_mark_failed_and_replay_actions(make_message: MakeMessage) -> None:
 )
 def test_durations_are_shown_in_the_largest_whole_unit(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_a_large_unfiltered_list_is_counted_by_estimate(
+    admin_client: Client, make_message: MakeMessage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        make_message(PUBLISHED)
+    failed = make_message(FAILED)
+    monkeypatch.setattr(stats, "EXACT_COUNT_LIMIT", 2)
+    monkeypatch.setattr(stats, "estimated_table_rows", lambda using=None: 5000)
+
+    unfiltered = admin_client.get(CHANGELIST)
+    filtered = admin_client.get(CHANGELIST, {"status__exact": "failed"})
+
+    assert unfiltered.context["cl"].result_count == 5000
+    assert [row.pk for row in filtered.context["cl"].result_list] == [failed.pk]
+    assert filtered.context["cl"].result_count == 1

@@ -154,3 +154,18 @@ def test_a_row_held_by_a_relay_is_left_alone(make_message: MakeMessage) -> None:
     assert changed == 1
     assert refreshed(held).status == READY
     assert refreshed(free).status == FAILED
+
+
+@pytest.mark.django_db
+def test_each_operation_logs_one_line_with_its_count(
+    make_message: MakeMessage, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_message(FAILED)
+    make_message(FAILED)
+    caplog.set_level("INFO", logger="outbox.operations")
+
+    operations.retry_now(OutboxMessage.objects.all())
+
+    (record,) = caplog.records
+    assert record.getMessage() == "outbox operation=retry_now count=2"
+    assert record.outbox_count == 2  # type: ignore[attr-defined]
