@@ -122,14 +122,12 @@ class EventTypeFilter(admin.SimpleListFilter):
     def lookups(
         self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
     ) -> list[tuple[str, str]]:
+        # Two bounded queries rather than one OR, which PostgreSQL would answer by
+        # scanning the whole table.
         recent = OutboxMessage.objects.order_by("-pk").values("pk")[:EVENT_TYPE_FILTER_RECENT_ROWS]
-        event_types = set(
-            OutboxMessage.objects.filter(
-                Q(pk__in=recent) | ~Q(status=OutboxMessage.Status.PUBLISHED)
-            )
-            .order_by()
-            .values_list("event_type", flat=True)
-            .distinct()
+        event_types = set(_event_types(OutboxMessage.objects.filter(pk__in=recent)))
+        event_types |= set(
+            _event_types(OutboxMessage.objects.exclude(status=OutboxMessage.Status.PUBLISHED))
         )
         if self.value():
             event_types.add(str(self.value()))
@@ -141,6 +139,10 @@ class EventTypeFilter(admin.SimpleListFilter):
         if self.value():
             return queryset.filter(event_type=self.value())
         return queryset
+
+
+def _event_types(rows: QuerySet[OutboxMessage]) -> QuerySet[OutboxMessage, str]:
+    return rows.order_by().values_list("event_type", flat=True).distinct()
 
 
 @admin.register(OutboxMessage)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from outbox import operations
@@ -18,6 +23,7 @@ from tests.operations.conftest import MakeMessage, refreshed
 READY = OutboxMessage.Status.READY
 FAILED = OutboxMessage.Status.FAILED
 PUBLISHED = OutboxMessage.Status.PUBLISHED
+REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db
 
 
@@ -176,3 +182,47 @@ def test_purge_stops_after_max_batches(make_message: MakeMessage) -> None:
 def test_purge_rejects_a_bad_batch_size() -> None:
     with pytest.raises(CommandError, match="batch_size"):
         call_command("outbox_purge", "--batch-size=0")
+
+
+def test_replay_accepts_a_plain_date(make_message: MakeMessage) -> None:
+    old = make_message(PUBLISHED, age=timedelta(days=3))
+    recent = make_message(PUBLISHED)
+    today = timezone.localdate().isoformat()
+
+    run("outbox_replay", "--since", today, "--yes")
+
+    assert refreshed(recent).status == READY
+    assert refreshed(old).status == PUBLISHED
+
+
+# --- as a health check, in its own process ---
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args, "--settings=tests.settings"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_exit_code_as_a_process(make_message: MakeMessage) -> None:
+    database = connection.settings_dict["NAME"]
+    assert manage("outbox_status", OUTBOX_DB_NAME=database).returncode == 0
+
+    make_message(READY, age=timedelta(minutes=10))
+    stale = manage("outbox_status", "--json", OUTBOX_DB_NAME=database)
+
+    assert stale.returncode == 1
+    assert json.loads(stale.stdout)["backlog_stale"] is True
+
+
+def test_status_exit_code_when_the_database_is_unreachable() -> None:
+    result = manage("outbox_status", OUTBOX_DB_PORT="1")
+
+    assert result.returncode == 4
+    assert "cannot read the outbox" in result.stderr

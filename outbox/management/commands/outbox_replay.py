@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 from uuid import UUID
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
+from django.utils.dateparse import parse_date, parse_datetime
 
 from outbox import operations
 from outbox.models import OutboxMessage
@@ -46,7 +46,11 @@ class Command(BaseCommand):
             default=[],
             help="default: published",
         )
-        chosen.add_argument("--since", type=_aware_datetime, help="created at or after (ISO 8601)")
+        chosen.add_argument(
+            "--since",
+            type=_aware_datetime,
+            help="created at or after (ISO 8601 date or date and time)",
+        )
         chosen.add_argument("--until", type=_aware_datetime, help="created before (ISO 8601)")
         chosen.add_argument("--all", action="store_true", help="every row of the chosen status(es)")
         parser.add_argument(
@@ -129,8 +133,11 @@ def _chosen(options: dict[str, Any]) -> QuerySet[OutboxMessage]:
 
 
 def _aware_datetime(text: str) -> datetime:
+    """An ISO 8601 date and time, or a date (midnight); naive values are in TIME_ZONE."""
     try:
         value = parse_datetime(text)
+        if value is None and (day := parse_date(text)) is not None:
+            value = datetime.combine(day, time.min)
     except ValueError:
         value = None
     if value is None:

@@ -1,7 +1,8 @@
 """``manage.py outbox_status``: the outbox's health, for people (a table) and machines (JSON).
 
 Exit status, so it can serve as a health check: 0 healthy; otherwise the sum of 1 (the oldest
-ready row is older than ``--max-age``) and 2 (more failed rows than ``--max-failed``).
+ready row is older than ``--max-age``) and 2 (more failed rows than ``--max-failed``); 4 when
+the outbox cannot be read at all (database down).
 """
 
 from __future__ import annotations
@@ -10,17 +11,20 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import DatabaseError
 
 from outbox import conf, stats
 
 EXIT_BACKLOG_TOO_OLD = 1
 EXIT_FAILED_ROWS = 2
+EXIT_DATABASE_UNAVAILABLE = 4
 
 
 class Command(BaseCommand):
     help = (
         "Show counts per status, the oldest ready row's age, failed rows and recent throughput."
-        " Exits 1 if the backlog is too old, 2 if rows failed, 3 if both."
+        " Exits 1 if the backlog is too old, 2 if rows failed, 3 if both, 4 if the database"
+        " cannot be read."
     )
     requires_system_checks: list[str] = []
 
@@ -45,7 +49,12 @@ class Command(BaseCommand):
         max_age: float = (
             options["max_age"] if options["max_age"] is not None else conf.get("STUCK_AFTER")
         )
-        summary = stats.summary()
+        try:
+            summary = stats.summary()
+        except DatabaseError as error:
+            # Its own exit status: "cannot tell" must not read as "backlog too old".
+            self.stderr.write(f"outbox_status: cannot read the outbox: {error}")
+            raise SystemExit(EXIT_DATABASE_UNAVAILABLE) from error
         problems = []
         exit_code = 0
         oldest = summary.oldest_ready_age_seconds
