@@ -17,7 +17,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Max, Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -32,7 +32,7 @@ from outbox.models import OutboxMessage
 __all__ = ["OutboxMessageAdmin", "ReadOnlyModelAdmin", "pretty_json"]
 
 if TYPE_CHECKING:
-    # django-stubs makes ModelAdmin and Paginator generic; at run time it is not subscriptable.
+    # django-stubs makes ModelAdmin and Paginator generic; at run time they are not.
     _ModelAdmin = admin.ModelAdmin[Any]
     _Paginator = Paginator[Any]
 else:
@@ -102,8 +102,8 @@ class StuckFilter(admin.SimpleListFilter):
     def lookups(
         self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
     ) -> list[tuple[str, str]]:
-        minutes = stats.stuck_after().total_seconds() / 60
-        return [("yes", f"failed, or ready over {minutes:g} min")]
+        threshold = format_duration(stats.stuck_after().total_seconds())
+        return [("yes", f"failed, or ready over {threshold}")]
 
     def queryset(
         self, request: HttpRequest, queryset: QuerySet[OutboxMessage]
@@ -122,13 +122,15 @@ class EventTypeFilter(admin.SimpleListFilter):
     def lookups(
         self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
     ) -> list[tuple[str, str]]:
-        # Two bounded queries rather than one OR, which PostgreSQL would answer by
-        # scanning the whole table.
-        recent = OutboxMessage.objects.order_by("-pk").values("pk")[:EVENT_TYPE_FILTER_RECENT_ROWS]
-        event_types = set(_event_types(OutboxMessage.objects.filter(pk__in=recent)))
-        event_types |= set(
-            _event_types(OutboxMessage.objects.exclude(status=OutboxMessage.Status.PUBLISHED))
-        )
+        # Bounded queries only: the newest ids as a range (an index range scan; an IN over
+        # a LIMIT subquery made PostgreSQL hash the whole table), then the unpublished rows
+        # through the relay's partial index.
+        unpublished = OutboxMessage.objects.exclude(status=OutboxMessage.Status.PUBLISHED)
+        event_types = set(_event_types(unpublished))
+        newest = OutboxMessage.objects.aggregate(newest=Max("pk"))["newest"]
+        if newest is not None:
+            recent = OutboxMessage.objects.filter(pk__gt=newest - EVENT_TYPE_FILTER_RECENT_ROWS)
+            event_types |= set(_event_types(recent))
         if self.value():
             event_types.add(str(self.value()))
         return [(event_type, event_type) for event_type in sorted(event_types)]
