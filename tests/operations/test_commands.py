@@ -226,3 +226,35 @@ def test_status_exit_code_when_the_database_is_unreachable() -> None:
 
     assert result.returncode == 4
     assert "cannot read the outbox" in result.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_replay_asks_and_stops_on_no(
+    make_message: MakeMessage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = make_message(PUBLISHED)
+    monkeypatch.setattr("sys.stdin", _Terminal("n\n"))
+    monkeypatch.setattr("sys.stdout", io.StringIO())  # input() writes its prompt there
+
+    with pytest.raises(CommandError, match="cancelled"):
+        call_command("outbox_replay", "--all", stdout=io.StringIO())
+
+    assert refreshed(row).status == PUBLISHED
+
+
+def test_replay_asks_and_goes_on_yes(
+    make_message: MakeMessage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = make_message(PUBLISHED)
+    monkeypatch.setattr("sys.stdin", _Terminal("y\n"))
+    prompt = io.StringIO()
+    monkeypatch.setattr("sys.stdout", prompt)
+
+    call_command("outbox_replay", "--all", stdout=io.StringIO())
+
+    assert "Replay 1 message(s) keeping their message ids? [y/N]" in prompt.getvalue()
+    assert refreshed(row).status == READY
