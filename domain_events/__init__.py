@@ -1,8 +1,10 @@
 """Two-phase domain events: aggregates record events, saving dispatches them in the transaction.
 
-Public names are exported lazily (PEP 562) because ``AggregateRoot`` is a Django model, and a
-model class cannot be created while Django is still importing the apps listed in
-``INSTALLED_APPS`` (this package is one of them).
+Event sourcing lives in ``domain_events.eventsourcing``; its public names are exported here.
+
+Names that need Django models are exported lazily (PEP 562) because a model class cannot be
+created while Django is still importing the apps listed in ``INSTALLED_APPS`` (this package is
+one of them).
 """
 
 from __future__ import annotations
@@ -10,31 +12,72 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from domain_events.events import DomainEvent
+from domain_events.eventsourcing.aggregate import EventSourcedAggregate, applies
+from domain_events.eventsourcing.exceptions import (
+    AggregateNotFoundError,
+    ConcurrencyError,
+    DuplicateCommandError,
+    EventStoreError,
+    SerializationError,
+    UpcastError,
+)
+from domain_events.eventsourcing.upcasting import upcaster
 from domain_events.exceptions import CascadeDepthError, DomainEventError, EventTypeConflictError
 from domain_events.registry import handler
 
 if TYPE_CHECKING:
     from domain_events.aggregates import AggregateRoot
     from domain_events.dispatcher import dispatch
+    from domain_events.eventsourcing.projections import (
+        Checkpoint,
+        Projection,
+        RecordedEvent,
+        read_events,
+        run_projection,
+    )
+    from domain_events.eventsourcing.store import EventStore
 
 __all__ = [
+    "AggregateNotFoundError",
     "AggregateRoot",
     "CascadeDepthError",
+    "Checkpoint",
+    "ConcurrencyError",
     "DomainEvent",
     "DomainEventError",
+    "DuplicateCommandError",
+    "EventSourcedAggregate",
+    "EventStore",
+    "EventStoreError",
     "EventTypeConflictError",
+    "Projection",
+    "RecordedEvent",
+    "SerializationError",
+    "UpcastError",
+    "applies",
     "dispatch",
     "handler",
+    "read_events",
+    "run_projection",
+    "upcaster",
 ]
+
+_LAZY = {
+    "AggregateRoot": "domain_events.aggregates",
+    "dispatch": "domain_events.dispatcher",
+    "EventStore": "domain_events.eventsourcing.store",
+    "Checkpoint": "domain_events.eventsourcing.projections",
+    "Projection": "domain_events.eventsourcing.projections",
+    "RecordedEvent": "domain_events.eventsourcing.projections",
+    "read_events": "domain_events.eventsourcing.projections",
+    "run_projection": "domain_events.eventsourcing.projections",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "AggregateRoot":
-        from domain_events.aggregates import AggregateRoot
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'domain_events' has no attribute {name!r}")
+    from importlib import import_module
 
-        return AggregateRoot
-    if name == "dispatch":
-        from domain_events.dispatcher import dispatch
-
-        return dispatch
-    raise AttributeError(f"module 'domain_events' has no attribute {name!r}")
+    return getattr(import_module(module_name), name)

@@ -20,6 +20,7 @@ INSTALLED_APPS = [
     "domain_events",
     "outbox",
     "example_project.shop",
+    "example_project.bank",
 ]
 
 MIDDLEWARE = [

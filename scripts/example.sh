@@ -4,12 +4,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# shellcheck source=scripts/bootstrap.sh
-source scripts/bootstrap.sh
-# shellcheck source=scripts/services.sh
-source scripts/services.sh
-bootstrap_venv
-ensure_all_services
+# shellcheck source=scripts/prepare.sh
+source scripts/prepare.sh
+prepare_environment
 
 PORT=${EXAMPLE_PORT:-8765}
 .venv/bin/python scripts/create_database.py

@@ -4,14 +4,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# shellcheck source=scripts/bootstrap.sh
-source scripts/bootstrap.sh
-# shellcheck source=scripts/services.sh
-source scripts/services.sh
+# shellcheck source=scripts/prepare.sh
+source scripts/prepare.sh
+prepare_environment
 # shellcheck source=scripts/browser.sh
 source scripts/browser.sh
-bootstrap_venv
-ensure_all_services
 ensure_chromium
 
 echo "== ruff check" && .venv/bin/ruff check .

@@ -1,0 +1,169 @@
+"""``EventSourcedAggregate``: a plain-Python aggregate whose state is the fold of its events.
+
+Commands check the current state and ``record()`` events; ``record()`` applies each event at
+once (through the method decorated ``@applies(EventClass)``) and keeps it pending until the
+store saves it. Loading replays the stored events through the same methods, so the state after
+a command and the state after reloading are the same by construction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+from domain_events.events import DomainEvent
+
+_APPLIES_ATTRIBUTE = "_domain_events_applies"
+# No ':' so "<type>:<id>" keys (the outbox's ordering key) stay unambiguous.
+_AGGREGATE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-/]{1,255}$")
+
+ApplyMethod = TypeVar("ApplyMethod", bound=Callable[..., None])
+
+_classes_by_aggregate_type: dict[str, type[EventSourcedAggregate]] = {}
+
+
+def applies(event_class: type[DomainEvent]) -> Callable[[ApplyMethod], ApplyMethod]:
+    """Mark an aggregate method as the one that applies ``event_class`` to the state.
+
+    Apply methods only mutate state; they never check rules or raise for business reasons,
+    because they also run when old events are replayed.
+    """
+    if not (isinstance(event_class, type) and issubclass(event_class, DomainEvent)):
+        raise TypeError(f"@applies needs a DomainEvent subclass, got {event_class!r}")
+
+    def mark(method: ApplyMethod) -> ApplyMethod:
+        setattr(method, _APPLIES_ATTRIBUTE, event_class)
+        return method
+
+    return mark
+
+
+class EventSourcedAggregate:
+    """Base class of event-sourced aggregates (plain Python, not a Django model).
+
+    Class options, as class keywords or attributes:
+
+    - ``aggregate_type`` (class keyword, default the class name): the stable name stored with
+      each event; keep it when renaming the class.
+    - ``snapshot_every`` (default ``None``, no snapshots): write a snapshot whenever a save
+      crosses a multiple of this many events. Needs ``snapshot_state()`` and
+      ``restore_snapshot()``.
+    - ``snapshot_schema_version`` (default 1): raise it whenever ``snapshot_state()`` changes
+      shape; older snapshots are then ignored and the aggregate is rebuilt from its events.
+
+    Subclasses that define ``__init__`` must accept the aggregate id as the only positional
+    argument and call ``super().__init__(aggregate_id)``: loading creates the instance that way
+    before replaying the events.
+    """
+
+    aggregate_type: ClassVar[str] = "EventSourcedAggregate"
+    snapshot_every: ClassVar[int | None] = None
+    snapshot_schema_version: ClassVar[int] = 1
+    _apply_methods: ClassVar[dict[type[DomainEvent], str]] = {}
+
+    def __init_subclass__(cls, *, aggregate_type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = aggregate_type if aggregate_type is not None else cls.__name__
+        if not isinstance(name, str) or not _AGGREGATE_TYPE_PATTERN.match(name):
+            raise TypeError(
+                f"{cls.__qualname__}: aggregate type {name!r} must be 1-255 letters, digits,"
+                " '_', '.', '-' or '/'"
+            )
+        existing = _classes_by_aggregate_type.get(name)
+        # Two classes reading one stream would replay each other's events with the wrong
+        # apply methods; the same class defined again (a module reloaded) may take its name.
+        if existing is not None and (existing.__module__, existing.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise TypeError(
+                f"aggregate type {name!r} is already used by {existing.__module__}."
+                f"{existing.__qualname__}; give {cls.__qualname__} another with the"
+                " aggregate_type= class keyword"
+            )
+        cls.aggregate_type = name
+        methods = dict(cls._apply_methods)
+        for attribute, value in vars(cls).items():
+            event_class = getattr(value, _APPLIES_ATTRIBUTE, None)
+            if event_class is not None:
+                methods[event_class] = attribute
+        cls._apply_methods = methods
+        every = cls.snapshot_every
+        if every is not None:
+            if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+                raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None")
+            if (
+                cls.snapshot_state is EventSourcedAggregate.snapshot_state
+                or cls.restore_snapshot is EventSourcedAggregate.restore_snapshot
+            ):
+                raise TypeError(
+                    f"{cls.__qualname__} sets snapshot_every, so it must define snapshot_state()"
+                    " and restore_snapshot()"
+                )
+        _classes_by_aggregate_type[name] = cls
+
+    def __init__(self, aggregate_id: str | int | UUID) -> None:
+        if isinstance(aggregate_id, bool) or not isinstance(aggregate_id, str | int | UUID):
+            raise TypeError(f"aggregate_id must be a str, int or UUID, got {aggregate_id!r}")
+        text_id = str(aggregate_id)
+        if not 1 <= len(text_id) <= 255:
+            raise ValueError(f"aggregate_id must be 1-255 characters: {text_id!r}")
+        #: The id as stored: always its string form.
+        self.id = text_id
+        self._stored_version = 0
+        self._pending: list[DomainEvent] = []
+
+    @property
+    def version(self) -> int:
+        """The number of events in this aggregate's stream, pending ones included."""
+        return self._stored_version + len(self._pending)
+
+    @property
+    def stored_version(self) -> int:
+        """The version as last loaded or saved: the version a save expects to still be current."""
+        return self._stored_version
+
+    @property
+    def pending_events(self) -> tuple[DomainEvent, ...]:
+        """Events recorded since the last load or save, oldest first."""
+        return tuple(self._pending)
+
+    def record(self, event: DomainEvent) -> None:
+        """Apply ``event`` to the state and keep it pending until the next save."""
+        self._apply(event)
+        self._pending.append(event)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """The state as JSON data, for a snapshot. Override with ``snapshot_every``."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not take snapshots")
+
+    def restore_snapshot(self, state: dict[str, Any]) -> None:
+        """Set the state from ``snapshot_state()``'s data. Override with ``snapshot_every``."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not take snapshots")
+
+    def _apply(self, event: DomainEvent) -> None:
+        method_name = self._apply_methods.get(type(event))
+        if method_name is None:
+            raise TypeError(
+                f"{type(self).__qualname__} has no @applies({type(event).__qualname__}) method"
+            )
+        getattr(self, method_name)(event)
+
+    # The store's side of the aggregate; not for commands.
+
+    def _replay(self, event: DomainEvent, version: int) -> None:
+        self._apply(event)
+        self._stored_version = version
+
+    def _mark_saved(self, count: int) -> None:
+        # Only the events that were written: a handler may have recorded more meanwhile.
+        self._stored_version += count
+        del self._pending[:count]
+
+    def _set_stored_version(self, version: int) -> None:
+        self._stored_version = version
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} {self.id} v{self.version}>"

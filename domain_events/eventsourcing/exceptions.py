@@ -1,0 +1,36 @@
+"""Errors raised by the event store."""
+
+from domain_events.exceptions import DomainEventError
+
+
+class EventStoreError(DomainEventError):
+    """Base class of the event store's errors."""
+
+
+class ConcurrencyError(EventStoreError):
+    """The aggregate changed since it was loaded: another save got to its version first.
+
+    Nothing was written. Load the aggregate again, re-run the command on the fresh state, and
+    save again.
+    """
+
+
+class DuplicateCommandError(EventStoreError):
+    """The triggering message id was already recorded for this aggregate: the command that
+    message carried has been applied once, so its events were not written again."""
+
+    def __init__(self, message: str, *, triggering_message_id: str) -> None:
+        super().__init__(message)
+        self.triggering_message_id = triggering_message_id
+
+
+class AggregateNotFoundError(EventStoreError, LookupError):
+    """No event is stored for this aggregate type and id."""
+
+
+class SerializationError(EventStoreError, ValueError):
+    """An event or a snapshot cannot be written as JSON, or stored JSON cannot be read back."""
+
+
+class UpcastError(EventStoreError):
+    """A stored event has a schema version that no chain of upcasters brings to the current one."""

@@ -1,0 +1,67 @@
+"""The built wheel installs into a fresh virtual environment and both apps load from it."""
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Run inside the fresh environment: configure Django with only the two apps on SQLite, load
+# them and run their migrations, so a missing migration or template file would fail here.
+SMOKE_TEST = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
+                    "domain_events", "outbox"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    USE_TZ=True,
+)
+django.setup()
+from django.core.management import call_command
+from django.db import transaction
+from domain_events import AggregateRoot, DomainEvent, handler
+from outbox import publish
+from outbox.models import OutboxMessage
+call_command("migrate", verbosity=0)
+with transaction.atomic():
+    publish("smoke.tested", {"ok": True})
+assert OutboxMessage.objects.get().payload == {"ok": True}
+print("wheel ok")
+"""
+
+
+@pytest.mark.slow
+def test_wheel_contains_the_libraries_only_and_installs_cleanly(tmp_path: Path) -> None:
+    wheel_dir = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), "."],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = wheel_dir.glob("django_transactional_outbox-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "outbox/py.typed" in names
+    assert "domain_events/py.typed" in names
+    assert "outbox/migrations/0001_initial.py" in names
+    assert not [n for n in names if n.startswith(("example_project/", "tests/", "bench/"))]
+
+    environment = tmp_path / "venv"
+    venv.create(environment, with_pip=True)
+    python = environment / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    smoke = subprocess.run(
+        [str(python), "-c", SMOKE_TEST], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    assert smoke.stdout.strip() == "wheel ok"
