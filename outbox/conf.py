@@ -108,6 +108,24 @@ SETTINGS: dict[str, Setting] = {
         5000, int, "inbox records deleted per transaction by the purge", minimum=1
     ),
     # --- operations ---
+    "STUCK_AFTER": Setting(
+        300,
+        int,
+        "seconds a row may stay ready before the admin and outbox_status call it stuck",
+        minimum=1,
+    ),
+    "RETENTION": Setting(
+        7 * 24 * 3600,
+        int,
+        "seconds published rows are kept before outbox_purge deletes them",
+        minimum=0,
+    ),
+    "PURGE_BATCH_SIZE": Setting(
+        1000,
+        int,
+        "rows outbox_purge deletes per statement (one short transaction each)",
+        minimum=1,
+    ),
 }
 
 

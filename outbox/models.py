@@ -67,6 +67,19 @@ class OutboxMessage(models.Model):
                 name="outbox_unpublished_key_idx",
                 condition=~models.Q(status="published"),
             ),
+            # Operations: purge ranges over old published rows and "published in the last
+            # minute" reads the newest, without scanning the table.
+            models.Index(
+                fields=["published_at"],
+                name="outbox_published_at_idx",
+                condition=models.Q(status="published"),
+            ),
+        ]
+        # One permission per admin action, so each can be granted on its own.
+        permissions = [
+            ("retry_outboxmessage", "Can retry outbox messages now"),
+            ("mark_failed_outboxmessage", "Can mark outbox messages failed"),
+            ("replay_outboxmessage", "Can replay outbox messages"),
         ]
 
     def __str__(self) -> str:

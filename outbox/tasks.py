@@ -1,6 +1,7 @@
-"""Celery tasks of the outbox, for Celery beat to schedule.
+"""Celery tasks of the outbox, for Celery beat to schedule. Each is a thin call into the module
+that does the work.
 
-``publish_outbox`` is the relay, every second by default::
+``publish_outbox`` is the relay, every second by default; the purges run hourly or daily::
 
     CELERY_BEAT_SCHEDULE = {
         "outbox-publish": {
@@ -8,6 +9,8 @@
             "schedule": 1.0,
             "options": {"expires": 10},
         },
+        "outbox-purge": {"task": "outbox.tasks.purge_outbox", "schedule": 3600.0},
+        "outbox-purge-inbox": {"task": "outbox.tasks.purge_inbox", "schedule": 3600.0},
     }
 """
 
@@ -19,11 +22,11 @@ import threading
 from celery import shared_task
 from django.db import DatabaseError, connections
 
-from outbox import conf
+from outbox import conf, operations
 from outbox.inbox import purge_inbox as purge_inbox_records
 from outbox.relay import Relay
 
-__all__ = ["publish_outbox", "purge_inbox"]
+__all__ = ["publish_outbox", "purge_inbox", "purge_outbox"]
 
 logger = logging.getLogger("outbox.relay")
 
@@ -54,10 +57,18 @@ def publish_outbox(time_budget: float | None = None) -> int:
     return result.published
 
 
-@shared_task(name="outbox.purge_inbox", ignore_result=True)
+@shared_task(name="outbox.tasks.purge_inbox", ignore_result=True)
 def purge_inbox() -> int:
     """Delete inbox records older than ``OUTBOX["INBOX_RETENTION_DAYS"]``, in batches."""
     return purge_inbox_records()
+
+
+@shared_task(name="outbox.tasks.purge_outbox", ignore_result=True)
+def purge_outbox(max_batches: int | None = None) -> int:
+    """Delete published rows older than ``OUTBOX["RETENTION"]``, in ``OUTBOX["PURGE_BATCH_SIZE"]``
+    batches; ``max_batches`` caps one run so a first purge of a large table is spread over
+    several runs. Returns the rows deleted (also logged by ``outbox.operations``)."""
+    return operations.purge_published(max_batches=max_batches)
 
 
 def _relay() -> Relay:

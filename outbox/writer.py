@@ -16,7 +16,7 @@ from uuid import UUID
 
 from django.db import connections, router, transaction
 
-from outbox import conf
+from outbox import conf, tracing
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
 from outbox.models import OutboxMessage
 from outbox.serialization import encode
@@ -130,7 +130,7 @@ def build_row(message: Message) -> OutboxMessage:
         aggregate_id=aggregate_id,
         ordering_key=f"{aggregate_type}:{aggregate_id}" if aggregate_type else "",
         payload=_payload(message.payload),
-        headers=_headers(message.headers),
+        headers=tracing.with_trace_headers(_headers(message.headers)),
     )
 
 

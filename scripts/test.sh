@@ -7,6 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/prepare.sh
 source scripts/prepare.sh
 prepare_environment
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
+ensure_chromium
 
 echo "== ruff check" && .venv/bin/ruff check .
 echo "== ruff format --check" && .venv/bin/ruff format --check .

@@ -1,0 +1,97 @@
+"""Cost of the operational reads and of the purge on a large outbox table.
+
+Fills the outbox of the database named by OUTBOX_DB_NAME with published rows (plus a small
+backlog), then times what operators run often: the admin summary / ``outbox_status``
+(``stats.summary``), the scrape-time gauges (``stats.backlog``), and the purge of half the
+table. The baseline is an exact ``count(*)`` of the table, measured in the same run.
+
+    OUTBOX_DB_NAME=outbox_bench python bench/operations_bench.py [--quick]
+
+Deletes every outbox row of that database before and after: never point it at real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+
+import django
+
+django.setup()
+
+from django.db import connection  # noqa: E402
+
+from outbox import operations, stats  # noqa: E402
+
+FILL_SQL = """
+INSERT INTO outbox_message (message_id, event_type, routing_key, exchange, aggregate_type,
+    aggregate_id, ordering_key, payload, headers, status, attempts, next_attempt_at,
+    last_error, created_at, published_at)
+SELECT gen_random_uuid(), 'orders.order_placed', 'orders.order_placed', 'events', 'order',
+    n::text, 'order:' || n, jsonb_build_object('order_id', n), '{}'::jsonb,
+    %(status)s, 1, now(), '', now() - make_interval(secs => %(span)s * (1 - n::float / %(rows)s)),
+    CASE WHEN %(status)s = 'published'
+         THEN now() - make_interval(secs => %(span)s * (1 - n::float / %(rows)s)) END
+FROM generate_series(1, %(rows)s) AS n
+"""
+
+
+def timed(function: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` calls, in milliseconds."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def exact_count() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM outbox_message")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100k rows instead of 1M")
+    args = parser.parse_args()
+    rows = 100_000 if args.quick else 1_000_000
+    span = timedelta(days=14).total_seconds()
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_message")
+        cursor.execute(FILL_SQL, {"status": "published", "span": span, "rows": rows})
+        cursor.execute(FILL_SQL, {"status": "ready", "span": 60, "rows": 1000})
+        cursor.execute("VACUUM ANALYZE outbox_message")
+    print(f"table: {rows:,} published rows over 14 days + 1,000 ready")
+
+    baseline = timed(exact_count, 5)
+    summary_ms = timed(stats.summary, 5)
+    backlog_ms = timed(stats.backlog, 5)
+    print(f"baseline exact count(*):          {baseline:8.1f} ms")
+    print(f"stats.summary (admin, status):    {summary_ms:8.1f} ms  ({summary_ms / baseline:.2f}x)")
+    print(f"stats.backlog (per scrape):       {backlog_ms:8.1f} ms  ({backlog_ms / baseline:.2f}x)")
+
+    start = time.perf_counter()
+    deleted = operations.purge_published(older_than=timedelta(days=7), batch_size=1000)
+    seconds = time.perf_counter() - start
+    print(
+        f"purge (batches of 1,000):         {deleted:,} rows in {seconds:.1f} s"
+        f" = {deleted / seconds:,.0f} rows/s"
+    )
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE outbox_message")
+
+
+if __name__ == "__main__":
+    main()
