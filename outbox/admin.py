@@ -27,9 +27,9 @@ from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
 from outbox import operations, stats
-from outbox.models import OutboxMessage
+from outbox.models import InboxMessage, OutboxMessage
 
-__all__ = ["OutboxMessageAdmin", "ReadOnlyModelAdmin", "pretty_json"]
+__all__ = ["InboxMessageAdmin", "OutboxMessageAdmin", "ReadOnlyModelAdmin", "pretty_json"]
 
 if TYPE_CHECKING:
     # django-stubs makes ModelAdmin and Paginator generic; at run time they are not.
@@ -324,3 +324,17 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
                 f"{skipped} message(s) left unchanged: {skipped_because}, or being published.",
                 messages.WARNING,
             )
+
+
+@admin.register(InboxMessage)
+class InboxMessageAdmin(ReadOnlyModelAdmin):
+    """What each consumer has processed: read-only, since deleting a record would let its
+    message be processed again."""
+
+    list_display = ["message_id", "consumer", "event_type", "processed_at"]
+    list_filter = ["consumer"]
+    # Exact match only: the unique (consumer, message_id) index serves a message-id lookup.
+    search_fields = ["=message_id"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator

@@ -34,7 +34,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 from pika.spec import Basic, BasicProperties
 
-from outbox import conf, inbox
+from outbox import conf, inbox, tracing
 from outbox.broker import connection_parameters
 from outbox.consumers import ConsumerSpec, IncomingMessage, load_handlers, registry
 from outbox.models import InboxMessage
@@ -216,7 +216,12 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
     outcome carrying the error.
     """
     try:
-        with transaction.atomic(using=router.db_for_write(InboxMessage)):
+        # The span (a no-op without OpenTelemetry) continues the producer's trace, so spans and
+        # outbox messages of the handler join it too.
+        with (
+            tracing.continue_trace(message.headers, name=f"{spec.name} {message.event_type}"),
+            transaction.atomic(using=router.db_for_write(InboxMessage)),
+        ):
             if not inbox.claim(spec.name, message.message_id, event_type=message.event_type):
                 return Outcome("duplicate", message.attempt)
             for func in spec.handlers_for(message.event_type):

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from outbox import stats
 from outbox.admin import format_duration
-from outbox.models import OutboxMessage
+from outbox.models import InboxMessage, OutboxMessage
 from tests.operations.conftest import MakeMessage, refreshed
 
 READY = OutboxMessage.Status.READY
@@ -196,3 +196,22 @@ def test_a_large_unfiltered_list_is_counted_by_estimate(
     assert unfiltered.context["cl"].result_count == 5000
     assert [row.pk for row in filtered.context["cl"].result_list] == [failed.pk]
     assert filtered.context["cl"].result_count == 1
+
+
+@pytest.mark.django_db
+def test_inbox_records_are_listed_read_only_and_found_by_message_id(admin_client: Client) -> None:
+    InboxMessage.objects.create(consumer="shipping", message_id="m-1", event_type="a.b")
+    InboxMessage.objects.create(consumer="billing", message_id="m-2", event_type="a.b")
+    listing = admin_client.get("/admin/outbox/inboxmessage/", {"q": "m-1"})
+    assert listing.status_code == 200
+    content = listing.content.decode()
+    assert "m-1" in content
+    assert "m-2" not in content
+    record = InboxMessage.objects.get(message_id="m-1")
+    detail = admin_client.get(f"/admin/outbox/inboxmessage/{record.pk}/change/")
+    assert detail.status_code == 200
+    assert b'name="_save"' not in detail.content
+    assert admin_client.get("/admin/outbox/inboxmessage/add/").status_code == 403
+    deleted = admin_client.post(f"/admin/outbox/inboxmessage/{record.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 403
+    assert InboxMessage.objects.filter(pk=record.pk).exists()

@@ -80,3 +80,30 @@ def test_without_a_traceparent_the_consumer_starts_a_new_trace(
         pass
     (consumer,) = spans.get_finished_spans()
     assert consumer.parent is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_consumed_message_is_handled_inside_the_producers_trace(
+    spans: InMemorySpanExporter,
+) -> None:
+    from outbox.consumer import process
+    from outbox.consumers import ConsumerSpec, IncomingMessage, Registration
+
+    producer_trace = "0af7651916cd43dd8448eb211c80319c"
+    seen: list[int] = []
+
+    def handle(message: IncomingMessage) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+
+    spec = ConsumerSpec("billing", (Registration("orders.*", handle),))
+    message = IncomingMessage(
+        consumer="billing",
+        message_id="m-traced",
+        event_type="orders.order_placed",
+        payload={},
+        headers={"traceparent": f"00-{producer_trace}-b7ad6b7169203331-01".encode()},
+    )
+    assert process(spec, message).kind == "processed"
+    assert [f"{trace_id:032x}" for trace_id in seen] == [producer_trace]
+    [span] = [s for s in spans.get_finished_spans() if s.name == "billing orders.order_placed"]
+    assert span.kind is trace.SpanKind.CONSUMER
