@@ -33,6 +33,12 @@ SETTINGS: dict[str, Setting] = {
     "MAX_PAYLOAD_BYTES": Setting(
         1_048_576, int, "largest JSON-encoded payload publish() accepts, in bytes", minimum=1
     ),
+    "PREPARED_INSERT": Setting(
+        True,
+        bool,
+        "publish() inserts with a server-side prepared statement (False behind a pooler that"
+        " cannot keep prepared statements, such as PgBouncer before 1.21 in transaction mode)",
+    ),
     # --- relay ---
     "BATCH_SIZE": Setting(
         500, int, "rows one relay claims, publishes and marks per round trip", minimum=1

@@ -14,6 +14,7 @@ from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from django.db import connections, router, transaction
 
 from outbox import conf, tracing
@@ -77,9 +78,9 @@ def publish(
         routing_key=routing_key,
         exchange=exchange,
     )
-    row = build_row(message)
+    row, payload_json, headers_json = _prepare(message)
     alias = _writable_alias(using)
-    _insert(row, alias)
+    _insert(row, alias, payload_json=payload_json, headers_json=headers_json)
     return row
 
 
@@ -111,6 +112,15 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
 
 def build_row(message: Message) -> OutboxMessage:
     """Validate ``message`` and return its unsaved ``OutboxMessage``."""
+    return _prepare(message)[0]
+
+
+def _prepare(message: Message) -> tuple[OutboxMessage, str, str]:
+    """Validate ``message``; return its unsaved row and the JSON texts of payload and headers.
+
+    The texts were produced by the validation and are what the INSERT sends, so ``publish()``
+    encodes each value once.
+    """
     event_type = _short_string("event_type", message.event_type)
     routing_key = _short_string(
         "routing_key", event_type if message.routing_key is None else message.routing_key
@@ -122,52 +132,66 @@ def build_row(message: Message) -> OutboxMessage:
         )
     _short_string("exchange", exchange, allow_empty=True)
     aggregate_type, aggregate_id = _aggregate(message.aggregate_type, message.aggregate_id)
-    return OutboxMessage(
+    payload, payload_json = _payload(message.payload)
+    headers, headers_json = _headers(message.headers)
+    row = OutboxMessage(
         event_type=event_type,
         routing_key=routing_key,
         exchange=exchange,
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
         ordering_key=f"{aggregate_type}:{aggregate_id}" if aggregate_type else "",
-        payload=_payload(message.payload),
-        headers=tracing.with_trace_headers(_headers(message.headers)),
+        payload=payload,
+        headers=headers,
     )
+    return row, payload_json, headers_json
 
 
-def _insert(row: OutboxMessage, alias: str) -> None:
+def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: str) -> None:
     """INSERT ``row`` with the named query ``insert_message`` and fill in its id and position.
 
-    The hot path of every business transaction: the prepared statement keeps the outbox's
-    write overhead down (docs/performance.md). No model signals are sent for outbox rows.
+    The hot path of every business transaction. Django's psycopg cursors bind parameters on
+    the client, so PostgreSQL would parse and plan this INSERT in every transaction; a
+    server-side prepared statement on the same connection (and so in the same transaction)
+    skips that, unless ``OUTBOX["PREPARED_INSERT"]`` is off. No model signals are sent for
+    outbox rows, and the prepared INSERT does not appear in Django's query log.
     """
     connection = connections[alias]
     if connection.vendor != "postgresql":  # the named query is PostgreSQL's dialect
         row.save(force_insert=True, using=alias)
         return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            queries()["insert_message"],
-            {
-                "message_id": row.message_id,
-                "event_type": row.event_type,
-                "routing_key": row.routing_key,
-                "exchange": row.exchange,
-                "aggregate_type": row.aggregate_type,
-                "aggregate_id": row.aggregate_id,
-                "ordering_key": row.ordering_key,
-                "payload": encode(row.payload),
-                "headers": encode(row.headers),
-                "status": row.status,
-                "attempts": row.attempts,
-                "next_attempt_at": row.next_attempt_at,
-                "last_error": row.last_error,
-                "created_at": row.created_at,
-                "published_at": row.published_at,
-                "lease_owner": row.lease_owner,
-                "lease_expires_at": row.lease_expires_at,
-            },
-        )
-        row.id, row.position = cursor.fetchone()
+    parameters: dict[str, Any] = {
+        "message_id": row.message_id,
+        "event_type": row.event_type,
+        "routing_key": row.routing_key,
+        "exchange": row.exchange,
+        "aggregate_type": row.aggregate_type,
+        "aggregate_id": row.aggregate_id,
+        "ordering_key": row.ordering_key,
+        "payload": payload_json,
+        "headers": headers_json,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at,
+        "last_error": row.last_error,
+        "created_at": row.created_at,
+        "published_at": row.published_at,
+        "lease_owner": row.lease_owner,
+        "lease_expires_at": row.lease_expires_at,
+    }
+    if conf.get("PREPARED_INSERT"):
+        connection.ensure_connection()
+        # wrap_database_errors: the same django.db exceptions, and connection bookkeeping, as
+        # a query through Django's own cursor.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(queries()["insert_message"], parameters, prepare=True)
+            returned = cursor.fetchone()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(queries()["insert_message"], parameters)
+            returned = cursor.fetchone()
+    assert returned is not None  # INSERT ... RETURNING always returns the row
+    row.id, row.position = returned
     row._state.adding = False
     row._state.db = alias
 
@@ -190,7 +214,9 @@ def _short_string(name: str, value: object, *, allow_empty: bool = False) -> str
         raise InvalidMessageError(f"{name} must not be empty")
     if len(value.encode()) > _SHORT_STRING_BYTES:
         raise InvalidMessageError(f"{name} is longer than {_SHORT_STRING_BYTES} bytes")
-    if any(character.isspace() or not character.isprintable() for character in value):
+    # str.isprintable() is False for every whitespace character but the ASCII space, and for
+    # control characters; one C-level scan instead of a Python loop over the characters.
+    if not value.isprintable() or " " in value:
         raise InvalidMessageError(f"{name} must not contain spaces or control characters")
     return value
 
@@ -217,7 +243,7 @@ def _aggregate(aggregate_type: object, aggregate_id: object) -> tuple[str, str]:
     return aggregate_type, text_id
 
 
-def _payload(payload: object) -> Any:
+def _payload(payload: object) -> tuple[Any, str]:
     if not isinstance(payload, Mapping):
         raise InvalidMessageError(
             f"payload must be a JSON object (a mapping), got {type(payload).__name__}"
@@ -231,12 +257,13 @@ def _payload(payload: object) -> Any:
         )
     # Store what the relay will send: the JSON round trip turns Decimal, UUID and datetime
     # into the strings that reach the broker, so the returned row shows the real message.
-    return json.loads(text)
+    return json.loads(text), text
 
 
-def _headers(headers: object) -> dict[str, Any]:
+def _headers(headers: object) -> tuple[dict[str, Any], str]:
+    """The checked headers plus the current trace context, as stored, and their JSON text."""
     if headers is None:
-        return {}
+        headers = {}
     if not isinstance(headers, Mapping):
         raise InvalidMessageError(f"headers must be a mapping, got {type(headers).__name__}")
     for key in headers:
@@ -246,8 +273,12 @@ def _headers(headers: object) -> dict[str, Any]:
             raise InvalidMessageError(
                 f"header {key!r} is set by the outbox from the aggregate arguments"
             )
-    decoded: dict[str, Any] = json.loads(_encode("headers", dict(headers)))
-    return decoded
+    with_trace = tracing.with_trace_headers(dict(headers))
+    if not with_trace:
+        return {}, "{}"
+    text = _encode("headers", with_trace)
+    decoded: dict[str, Any] = json.loads(text)
+    return decoded, text
 
 
 def _encode(name: str, value: object) -> str:

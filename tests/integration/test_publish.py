@@ -245,3 +245,46 @@ def test_payload_stored_as_jsonb() -> None:
         cursor.execute("SELECT jsonb_typeof(payload), payload->'a'->>1 FROM outbox_message LIMIT 1")
         assert cursor.fetchone() == ("object", "2")
     assert json.loads(json.dumps(OutboxMessage.objects.get().payload)) == {"b": 1, "a": [1, 2]}
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_both_insert_paths_write_the_same_row_and_roll_back(settings: Any, prepared: bool) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "PREPARED_INSERT": prepared}
+    for _ in range(3):  # the statement is prepared on first use and reused after
+        with transaction.atomic():
+            row = publish("x.y", {"n": 1}, aggregate_type="t", aggregate_id=1)
+    stored = OutboxMessage.objects.get(pk=row.pk)
+    assert (stored.message_id, stored.payload, stored.position) == (
+        row.message_id,
+        {"n": 1},
+        row.position,
+    )
+    assert row.position > 0
+
+    def publish_then_fail() -> None:
+        with transaction.atomic():
+            publish("x.y", {"n": 2})
+            raise RollbackError
+
+    with pytest.raises(RollbackError):
+        publish_then_fail()
+    assert OutboxMessage.objects.count() == 3
+
+
+def test_a_database_error_in_the_prepared_insert_is_djangos_and_rolls_back() -> None:
+    from django.db import IntegrityError
+
+    from outbox.writer import Message, _insert, _prepare
+
+    with transaction.atomic():
+        first = publish("x.y", {})
+    row, payload_json, headers_json = _prepare(Message("x.y", {}))
+    row.message_id = first.message_id  # a duplicate of the unique message id
+
+    def insert_duplicate() -> None:
+        with transaction.atomic():
+            _insert(row, "default", payload_json=payload_json, headers_json=headers_json)
+
+    with pytest.raises(IntegrityError):
+        insert_duplicate()
+    assert OutboxMessage.objects.count() == 1
