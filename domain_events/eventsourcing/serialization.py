@@ -44,10 +44,14 @@ def to_json_text(value: Any, *, what: str) -> str:
     return text
 
 
+def event_data(event: DomainEvent) -> dict[str, Any]:
+    """The data of ``event``: every field but ``event_id`` and ``occurred_at``, not encoded."""
+    return {name: getattr(event, name) for name in _field_types(type(event))}
+
+
 def event_json(event: DomainEvent) -> str:
     """The JSON data of ``event`` as text: every field but ``event_id`` and ``occurred_at``."""
-    fields = {name: getattr(event, name) for name in _field_types(type(event))}
-    return to_json_text(fields, what=f"{event.event_type} event")
+    return to_json_text(event_data(event), what=f"{event.event_type} event")
 
 
 def event_from_data(
