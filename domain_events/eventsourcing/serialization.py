@@ -11,37 +11,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import types
 import typing
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.dateparse import parse_date, parse_datetime, parse_duration, parse_time
 
 from domain_events.events import DomainEvent, event_class_for
 from domain_events.eventsourcing.exceptions import SerializationError
+from outbox.serialization import encode
 
 _BASE_FIELDS = frozenset({"event_id", "occurred_at"})
 
 
 def to_json_text(value: Any, *, what: str) -> str:
-    """``value`` as compact JSON text that jsonb accepts, or ``SerializationError``."""
+    """``value`` as compact JSON text that jsonb accepts, or ``SerializationError``.
+
+    The same encoding as outbox payloads (``outbox.serialization.encode``), so an event's data
+    and the integration event made from it agree on dates, decimals and UUIDs.
+    """
     try:
-        text = json.dumps(
-            value,
-            cls=DjangoJSONEncoder,
-            allow_nan=False,
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        return encode(value)
     except (TypeError, ValueError) as error:
         raise SerializationError(f"{what} cannot be stored as JSON: {error}") from error
-    if "\\u0000" in text:
-        raise SerializationError(f"{what} contains NUL (\\u0000), which jsonb cannot store")
-    return text
 
 
 def event_data(event: DomainEvent) -> dict[str, Any]:
