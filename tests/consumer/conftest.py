@@ -3,6 +3,7 @@ the real RabbitMQ, messages put on it in the relay's wire format, consumer subpr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -77,6 +78,14 @@ class ConsumerBroker:
             mandatory=True,
         )
         return message_id
+
+    def reconnect(self) -> None:
+        """Open a new connection, after a broker restart closed the old one."""
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self.connection.close()  # releases its socket; the broker has already dropped it
+        self.connection = connect()
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
 
     def depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting unacknowledged ones)."""
@@ -158,6 +167,7 @@ def broker(settings: Settings) -> Iterator[ConsumerBroker]:
             if process.poll() is None:
                 process.kill()
             process.communicate(timeout=30)  # also closes its output pipe
+        amqp = state.connection  # a test may have reconnected
         if amqp.is_open:
             cleanup = amqp.channel()
             queues = [topology.queue, topology.dead_letter_queue]

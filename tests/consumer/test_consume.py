@@ -30,6 +30,7 @@ from outbox.consumer import (
 from outbox.consumers import registry
 from outbox.models import InboxMessage, OutboxMessage
 from outbox.writer import publish
+from tests.broker import rabbitmq_stopped
 from tests.consumer.conftest import ConsumerBroker
 from tests.consumer.handlers import RECORDER
 from tests.testapp.models import Counter, CounterBumped, LogLine
@@ -198,6 +199,25 @@ def test_consumer_reconnects_after_losing_its_connection(broker: ConsumerBroker)
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert runs_of(before) == 1
+
+
+def test_consumer_reconnects_after_rabbitmq_restarts(broker: ConsumerBroker) -> None:
+    loop = ConsumerLoop(registry.get(RECORDER), until_idle=300)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        before = broker.send(payload={"n": 1})
+        wait_until(lambda: runs_of(before) == 1)
+        with rabbitmq_stopped():
+            time.sleep(2)  # the consumer has lost its connection and keeps trying
+        broker.reconnect()
+        after = broker.send(payload={"n": 2})
+        wait_until(lambda: runs_of(after) == 1, timeout=60)
+    finally:
+        loop.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert (runs_of(before), runs_of(after)) == (1, 1)
 
 
 def close_connections(client_name_prefix: str) -> None:
