@@ -7,6 +7,8 @@ import logging
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -183,29 +185,33 @@ def test_heartbeats_are_answered_while_a_handler_runs_long(
     assert broker.depth(broker.topology.queue) == 0
 
 
-def test_consumer_reconnects_after_losing_its_connection(broker: ConsumerBroker) -> None:
-    loop = ConsumerLoop(registry.get(RECORDER), until_idle=30)
+@contextmanager
+def recorder_consuming() -> Iterator[None]:
+    """The recorder consumer's loop runs on a thread for the block, and has stopped after it."""
+    loop = ConsumerLoop(registry.get(RECORDER), until_idle=300)
     thread = threading.Thread(target=loop.run)
     thread.start()
     try:
+        yield
+    finally:
+        loop.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+def test_consumer_reconnects_after_losing_its_connection(broker: ConsumerBroker) -> None:
+    with recorder_consuming():
         before = broker.send(payload={"n": 1})
         wait_until(lambda: runs_of(before) == 1)
         # What a broker restart does to the consumer: the server closes its connection.
         close_connections(f"outbox_consume {RECORDER}")
         after = broker.send(payload={"n": 2})
         wait_until(lambda: runs_of(after) == 1, timeout=30)
-    finally:
-        loop.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
-    assert runs_of(before) == 1
+    assert (runs_of(before), runs_of(after)) == (1, 1)
 
 
 def test_consumer_reconnects_after_rabbitmq_restarts(broker: ConsumerBroker) -> None:
-    loop = ConsumerLoop(registry.get(RECORDER), until_idle=300)
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    try:
+    with recorder_consuming():
         before = broker.send(payload={"n": 1})
         wait_until(lambda: runs_of(before) == 1)
         with rabbitmq_stopped():
@@ -213,10 +219,6 @@ def test_consumer_reconnects_after_rabbitmq_restarts(broker: ConsumerBroker) -> 
         broker.reconnect()
         after = broker.send(payload={"n": 2})
         wait_until(lambda: runs_of(after) == 1, timeout=60)
-    finally:
-        loop.stop()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
     assert (runs_of(before), runs_of(after)) == (1, 1)
 
 
