@@ -9,13 +9,16 @@ from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 from domain_events.exceptions import EventTypeConflictError
+from domain_events.names import StableNames
 
 # Letters, digits and the separators people use in event names ("OrderPlaced",
 # "orders.order_placed", "billing/InvoicePaid"); no spaces, so a name is safe in logs, headers
 # and routing keys.
 _EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/<>-]{0,254}$")
 
-_classes_by_type: dict[str, type[DomainEvent]] = {}
+_event_types: StableNames[type[DomainEvent]] = StableNames(
+    "event type", "event_type", EventTypeConflictError
+)
 
 
 def _utc_now() -> datetime:
@@ -47,24 +50,8 @@ class DomainEvent:
                 f"{cls.__qualname__}: event type {name!r} is not a valid name (1-255 characters:"
                 " letters, digits, '_', '.', ':', '/', '-'; starting with a letter or '_')"
             )
-        _register_type_name(name, cls)
+        _event_types.claim(name, cls)
         cls.event_type = name
-
-
-def _register_type_name(name: str, cls: type[DomainEvent]) -> None:
-    existing = _classes_by_type.get(name)
-    # The same class defined again (a module reloaded, or dataclass(slots=True) rebuilding the
-    # class) takes over the name; a different class would make stored events ambiguous.
-    if existing is not None and (existing.__module__, existing.__qualname__) != (
-        cls.__module__,
-        cls.__qualname__,
-    ):
-        raise EventTypeConflictError(
-            f"event type {name!r} is already used by {existing.__module__}."
-            f"{existing.__qualname__}; give {cls.__module__}.{cls.__qualname__} another name"
-            " with the event_type= class keyword"
-        )
-    _classes_by_type[name] = cls
 
 
 def event_class_for(event_type: str) -> type[DomainEvent]:
@@ -72,7 +59,7 @@ def event_class_for(event_type: str) -> type[DomainEvent]:
 
     Raises ``KeyError`` with the unknown name when no imported class uses it.
     """
-    try:
-        return _classes_by_type[event_type]
-    except KeyError:
-        raise KeyError(f"no DomainEvent subclass is registered as {event_type!r}") from None
+    cls = _event_types.get(event_type)
+    if cls is None:
+        raise KeyError(f"no DomainEvent subclass is registered as {event_type!r}")
+    return cls

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from domain_events.events import DomainEvent
+from domain_events.names import StableNames
 
 _APPLIES_ATTRIBUTE = "_domain_events_applies"
 # No ':' so "<type>:<id>" keys (the outbox's ordering key) stay unambiguous.
@@ -21,7 +22,9 @@ _AGGREGATE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-/]{1,255}$")
 
 ApplyMethod = TypeVar("ApplyMethod", bound=Callable[..., None])
 
-_classes_by_aggregate_type: dict[str, type[EventSourcedAggregate]] = {}
+_aggregate_types: StableNames[type[EventSourcedAggregate]] = StableNames(
+    "aggregate type", "aggregate_type", TypeError
+)
 
 
 def applies(event_class: type[DomainEvent]) -> Callable[[ApplyMethod], ApplyMethod]:
@@ -71,18 +74,6 @@ class EventSourcedAggregate:
                 f"{cls.__qualname__}: aggregate type {name!r} must be 1-255 letters, digits,"
                 " '_', '.', '-' or '/'"
             )
-        existing = _classes_by_aggregate_type.get(name)
-        # Two classes reading one stream would replay each other's events with the wrong
-        # apply methods; the same class defined again (a module reloaded) may take its name.
-        if existing is not None and (existing.__module__, existing.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
-            raise TypeError(
-                f"aggregate type {name!r} is already used by {existing.__module__}."
-                f"{existing.__qualname__}; give {cls.__qualname__} another with the"
-                " aggregate_type= class keyword"
-            )
         cls.aggregate_type = name
         methods = dict(cls._apply_methods)
         for attribute, value in vars(cls).items():
@@ -102,7 +93,9 @@ class EventSourcedAggregate:
                     f"{cls.__qualname__} sets snapshot_every, so it must define snapshot_state()"
                     " and restore_snapshot()"
                 )
-        _classes_by_aggregate_type[name] = cls
+        # Two classes reading one stream would replay each other's events with the wrong
+        # apply methods.
+        _aggregate_types.claim(name, cls)
 
     def __init__(self, aggregate_id: str | int | UUID) -> None:
         if isinstance(aggregate_id, bool) or not isinstance(aggregate_id, str | int | UUID):
