@@ -26,8 +26,8 @@ from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
 from example_project.shipping.models import Shipment
 from outbox import IncomingMessage, conf, integration_handler
 from outbox.broker import connection_parameters
-from outbox.consumer import ConsumerLoop, Outcome, declare, topology_for
-from outbox.consumers import registry
+from outbox.consumer.loop import ConsumerLoop, Outcome, declare, topology_for
+from outbox.consumer.registry import registry
 from outbox.models import InboxMessage
 
 WITH_INBOX = "bench-inbox"

@@ -30,7 +30,7 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
-from outbox import operations, stats  # noqa: E402
+from outbox.operations import actions, stats  # noqa: E402
 
 FILL_SQL = """
 INSERT INTO outbox_message (message_id, event_type, routing_key, exchange, aggregate_type,
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"stats.backlog (per scrape):       {backlog_ms:8.1f} ms  ({backlog_ms / baseline:.2f}x)")
 
     start = time.perf_counter()
-    deleted = operations.purge_published(older_than=timedelta(days=7), batch_size=1000)
+    deleted = actions.purge_published(older_than=timedelta(days=7), batch_size=1000)
     seconds = time.perf_counter() - start
     print(
         f"purge (batches of 1,000):         {deleted:,} rows in {seconds:.1f} s"

@@ -17,8 +17,8 @@ from outbox.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from outbox.consumers import IncomingMessage, integration_handler
-    from outbox.inbox import idempotent
+    from outbox.consumer.inbox import idempotent
+    from outbox.consumer.registry import IncomingMessage, integration_handler
     from outbox.writer import Message, publish, publish_many
 
 __all__ = [
@@ -39,9 +39,9 @@ _LAZY = {
     "Message": "outbox.writer",
     "publish": "outbox.writer",
     "publish_many": "outbox.writer",
-    "IncomingMessage": "outbox.consumers",
-    "integration_handler": "outbox.consumers",
-    "idempotent": "outbox.inbox",
+    "IncomingMessage": "outbox.consumer.registry",
+    "integration_handler": "outbox.consumer.registry",
+    "idempotent": "outbox.consumer.inbox",
 }
 
 

@@ -26,8 +26,8 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from outbox import operations, stats
 from outbox.models import InboxMessage, OutboxMessage
+from outbox.operations import actions, stats
 
 __all__ = ["InboxMessageAdmin", "OutboxMessageAdmin", "ReadOnlyModelAdmin", "pretty_json"]
 
@@ -253,7 +253,7 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
     @admin.action(permissions=["retry"], description="Retry now (failed or waiting rows)")
     def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         selected = queryset.count()
-        changed = operations.retry_now(
+        changed = actions.retry_now(
             queryset, on_batch=self._audit(request, "Retried now: ready, attempts reset to 0")
         )
         self._report(request, selected, changed, "set to ready, due now", "not ready or failed")
@@ -261,7 +261,7 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
     @admin.action(permissions=["mark_failed"], description="Mark failed (stop retrying)")
     def mark_failed(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         selected = queryset.count()
-        changed = operations.mark_failed(
+        changed = actions.mark_failed(
             queryset,
             actor=f"{request.user.get_username()} in the admin",
             on_batch=self._audit(request, "Marked failed"),
@@ -271,7 +271,7 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
     @admin.action(permissions=["replay"], description="Replay (same message id)")
     def replay(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         selected = queryset.count()
-        changed = operations.replay(
+        changed = actions.replay(
             queryset, on_batch=self._audit(request, "Replayed with the same message id")
         )
         self._report(request, selected, changed, "put back to ready", "not published or failed")
@@ -279,11 +279,11 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
     @admin.action(permissions=["replay"], description="Replay as new messages (new ids)")
     def replay_with_new_ids(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
         selected = queryset.count()
-        changed = operations.replay(
+        changed = actions.replay(
             queryset,
             new_ids=True,
             on_batch=self._audit(
-                request, f"Replayed as a new message ({operations.REPLAY_OF_HEADER} header)"
+                request, f"Replayed as a new message ({actions.REPLAY_OF_HEADER} header)"
             ),
         )
         self._report(

@@ -1,4 +1,4 @@
-"""The ``OUTBOX`` settings dict: defaults, validation, and one accessor for all of it.
+"""The ``OUTBOX`` settings dict: defaults, validation, and typed accessors.
 
 Settings are read on every call (a dict lookup) so that ``override_settings`` works in tests
 without a reload hook.
@@ -152,6 +152,46 @@ def get(name: str) -> Any:
         raise ImproperlyConfigured(
             f'settings.OUTBOX["{name}"] must be one of {setting.choices}, got {value!r}'
         )
+    return value
+
+
+def get_int(name: str) -> int:
+    """``settings.OUTBOX[name]`` for an integer setting."""
+    value = get(name)
+    if not isinstance(value, int):  # pragma: no cover - the table above types it
+        raise TypeError(f"OUTBOX[{name!r}] is not an integer setting")
+    return value
+
+
+def get_float(name: str) -> float:
+    """``settings.OUTBOX[name]`` for a number setting, as a float (seconds, factors)."""
+    value = get(name)
+    if not isinstance(value, int | float):  # pragma: no cover - the table above types it
+        raise TypeError(f"OUTBOX[{name!r}] is not a number setting")
+    return float(value)
+
+
+def get_str(name: str) -> str:
+    """``settings.OUTBOX[name]`` for a text setting."""
+    value = get(name)
+    if not isinstance(value, str):  # pragma: no cover - the table above types it
+        raise TypeError(f"OUTBOX[{name!r}] is not a text setting")
+    return value
+
+
+def get_optional_str(name: str) -> str | None:
+    """``settings.OUTBOX[name]`` for a text setting that may be unset (``None``)."""
+    value = get(name)
+    if value is not None and not isinstance(value, str):  # pragma: no cover
+        raise TypeError(f"OUTBOX[{name!r}] is not a text setting")
+    return value
+
+
+def get_bool(name: str) -> bool:
+    """``settings.OUTBOX[name]`` for an on/off setting."""
+    value = get(name)
+    if not isinstance(value, bool):  # pragma: no cover - the table above types it
+        raise TypeError(f"OUTBOX[{name!r}] is not an on/off setting")
     return value
 
 

@@ -7,7 +7,7 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
-from outbox.serialization import OutboxJSONEncoder
+from outbox.common.jsontext import OutboxJSONEncoder
 
 
 class OutboxMessage(models.Model):

@@ -22,8 +22,9 @@ import threading
 from celery import shared_task
 from django.db import DatabaseError, connections
 
-from outbox import conf, operations
-from outbox.inbox import purge_inbox as purge_inbox_records
+from outbox import conf
+from outbox.consumer.inbox import purge_inbox as purge_inbox_records
+from outbox.operations import actions
 from outbox.relay import Relay
 
 __all__ = ["publish_outbox", "purge_inbox", "purge_outbox"]
@@ -68,7 +69,7 @@ def purge_outbox(max_batches: int | None = None) -> int:
     """Delete published rows older than ``OUTBOX["RETENTION"]``, in ``OUTBOX["PURGE_BATCH_SIZE"]``
     batches; ``max_batches`` caps one run so a first purge of a large table is spread over
     several runs. Returns the rows deleted (also logged by ``outbox.operations``)."""
-    return operations.purge_published(max_batches=max_batches)
+    return actions.purge_published(max_batches=max_batches)
 
 
 def _relay() -> Relay:

@@ -18,10 +18,10 @@ import psycopg
 from django.db import connections, router, transaction
 
 from outbox import conf, tracing
+from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
 from outbox.models import OutboxMessage
-from outbox.serialization import encode
-from outbox.store import queries
+from outbox.relay.store import queries
 
 # AMQP "short strings" (routing key, exchange, type) hold at most 255 bytes.
 _SHORT_STRING_BYTES = 255

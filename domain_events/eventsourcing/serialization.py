@@ -21,7 +21,7 @@ from django.utils.dateparse import parse_date, parse_datetime, parse_duration, p
 
 from domain_events.events import DomainEvent, event_class_for
 from domain_events.eventsourcing.exceptions import SerializationError
-from outbox.serialization import encode
+from outbox.common.jsontext import encode
 
 _BASE_FIELDS = frozenset({"event_id", "occurred_at"})
 
@@ -29,7 +29,7 @@ _BASE_FIELDS = frozenset({"event_id", "occurred_at"})
 def to_json_text(value: Any, *, what: str) -> str:
     """``value`` as compact JSON text that jsonb accepts, or ``SerializationError``.
 
-    The same encoding as outbox payloads (``outbox.serialization.encode``), so an event's data
+    The same encoding as outbox payloads (``outbox.common.jsontext.encode``), so an event's data
     and the integration event made from it agree on dates, decimals and UUIDs.
     """
     try:

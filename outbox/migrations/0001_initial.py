@@ -5,7 +5,7 @@ import uuid
 import django.utils.timezone
 from django.db import migrations, models
 
-import outbox.serialization
+import outbox.common.jsontext
 
 
 class Migration(migrations.Migration):
@@ -25,11 +25,11 @@ class Migration(migrations.Migration):
                 ("aggregate_type", models.CharField(blank=True, default="", max_length=255)),
                 ("aggregate_id", models.CharField(blank=True, default="", max_length=255)),
                 ("ordering_key", models.CharField(blank=True, default="", max_length=511)),
-                ("payload", models.JSONField(encoder=outbox.serialization.OutboxJSONEncoder)),
+                ("payload", models.JSONField(encoder=outbox.common.jsontext.OutboxJSONEncoder)),
                 (
                     "headers",
                     models.JSONField(
-                        blank=True, default=dict, encoder=outbox.serialization.OutboxJSONEncoder
+                        blank=True, default=dict, encoder=outbox.common.jsontext.OutboxJSONEncoder
                     ),
                 ),
                 (

@@ -1,5 +1,5 @@
 -- The relay's SQL, one named query per block ("-- name: <name>" starts a block).
--- Loaded by outbox/store.py; parameters use the %(name)s style of Django's cursor.
+-- Loaded by outbox/common/sql.py (load_queries); parameters use the %(name)s style of Django's cursor.
 
 -- name: insert_message
 -- outbox.publish(): one row, written with this prepared statement rather than Model.save(),

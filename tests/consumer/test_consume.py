@@ -18,7 +18,7 @@ from pytest_django.fixtures import Settings
 
 from domain_events import handler
 from domain_events.registry import HandlerRegistry
-from outbox.consumer import (
+from outbox.consumer.loop import (
     HEADER_ATTEMPTS,
     HEADER_CONSUMER,
     HEADER_ERROR_MESSAGE,
@@ -29,7 +29,7 @@ from outbox.consumer import (
     ConsumerLoop,
     consume,
 )
-from outbox.consumers import registry
+from outbox.consumer.registry import registry
 from outbox.models import InboxMessage, OutboxMessage
 from outbox.writer import publish
 from tests.broker import rabbitmq_stopped

@@ -15,8 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox import idempotent
+from outbox.consumer.inbox import claim, purge_inbox
 from outbox.exceptions import InvalidMessageError, TransactionRequiredError
-from outbox.inbox import claim, purge_inbox
 from outbox.models import InboxMessage
 from tests.testapp.models import LogLine
 

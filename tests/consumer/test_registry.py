@@ -7,7 +7,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from outbox import IncomingMessage, integration_handler
-from outbox.consumers import UnknownConsumerError, registry, topic_matches
+from outbox.consumer.registry import UnknownConsumerError, registry
+from outbox.wire import topic_matches
 
 
 @pytest.mark.parametrize(

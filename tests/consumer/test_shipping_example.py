@@ -14,9 +14,9 @@ from pytest_django.fixtures import Settings
 from example_project.shipping.handlers import CONSUMER
 from example_project.shipping.models import Shipment
 from example_project.shop.models import Stock
-from outbox.consumer import Topology, consume, declare
+from outbox.common.jsontext import encode
+from outbox.consumer.loop import Topology, consume, declare
 from outbox.models import InboxMessage, OutboxMessage
-from outbox.serialization import encode
 from tests.broker import connect
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,9 +10,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from outbox import stats
 from outbox.admin import format_duration
 from outbox.models import InboxMessage, OutboxMessage
+from outbox.operations import stats
 from tests.operations.conftest import MakeMessage, refreshed
 
 READY = OutboxMessage.Status.READY

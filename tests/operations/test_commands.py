@@ -16,8 +16,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from outbox import operations
 from outbox.models import OutboxMessage
+from outbox.operations import actions
 from tests.operations.conftest import MakeMessage, refreshed
 
 READY = OutboxMessage.Status.READY
@@ -141,7 +141,7 @@ def test_replay_by_message_id_with_new_ids_and_a_progress_bar(
         stderr=err,
     )
 
-    copies = OutboxMessage.objects.filter(headers__has_key=operations.REPLAY_OF_HEADER)
+    copies = OutboxMessage.objects.filter(headers__has_key=actions.REPLAY_OF_HEADER)
     assert copies.count() == 6
     assert "6/6" in err.getvalue()
     assert all(refreshed(row).status == PUBLISHED for row in rows)

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from outbox import metrics
 from outbox.models import OutboxMessage
+from outbox.operations import metrics
 from tests.operations.conftest import MakeMessage
 
 

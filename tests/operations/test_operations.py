@@ -10,8 +10,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from outbox import operations
 from outbox.models import OutboxMessage
+from outbox.operations import actions
 from tests.operations.conftest import MakeMessage, refreshed
 
 READY = OutboxMessage.Status.READY
@@ -31,7 +31,7 @@ def test_retry_now_makes_failed_and_waiting_rows_due_with_attempts_reset(
     published = make_message(PUBLISHED, attempts=1)
     before = timezone.now()
 
-    changed = operations.retry_now(OutboxMessage.objects.all())
+    changed = actions.retry_now(OutboxMessage.objects.all())
 
     assert changed == 2
     for row in (refreshed(failed), refreshed(waiting)):
@@ -50,7 +50,7 @@ def test_mark_failed_stops_only_ready_rows_and_keeps_the_previous_error(
     fresh = make_message(READY)
     published = make_message(PUBLISHED)
 
-    changed = operations.mark_failed(OutboxMessage.objects.all(), actor="alice")
+    changed = actions.mark_failed(OutboxMessage.objects.all(), actor="alice")
 
     assert changed == 2
     assert refreshed(ready).status == FAILED
@@ -66,7 +66,7 @@ def test_replay_keeps_the_message_id_by_default(make_message: MakeMessage) -> No
     published = make_message(PUBLISHED, attempts=1)
     ready = make_message(READY)
 
-    changed = operations.replay(OutboxMessage.objects.all())
+    changed = actions.replay(OutboxMessage.objects.all())
 
     assert changed == 1
     row = refreshed(published)
@@ -87,12 +87,12 @@ def test_replay_with_new_ids_inserts_copies_naming_the_original(
     first = make_message(PUBLISHED, headers={"x-tenant": "a"})
     second = make_message(PUBLISHED)
 
-    changed = operations.replay(OutboxMessage.objects.all(), new_ids=True, batch_size=1)
+    changed = actions.replay(OutboxMessage.objects.all(), new_ids=True, batch_size=1)
 
     assert changed == 2
     assert refreshed(first).status == PUBLISHED  # the originals stay as they were
     copies = list(OutboxMessage.objects.filter(status=READY).order_by("pk"))
-    assert [copy.headers[operations.REPLAY_OF_HEADER] for copy in copies] == [
+    assert [copy.headers[actions.REPLAY_OF_HEADER] for copy in copies] == [
         str(first.message_id),
         str(second.message_id),
     ]
@@ -106,9 +106,7 @@ def test_batches_report_every_changed_row_once(make_message: MakeMessage) -> Non
     rows = [make_message(FAILED) for _ in range(5)]
     batches: list[list[int]] = []
 
-    changed = operations.retry_now(
-        OutboxMessage.objects.all(), batch_size=2, on_batch=batches.append
-    )
+    changed = actions.retry_now(OutboxMessage.objects.all(), batch_size=2, on_batch=batches.append)
 
     assert changed == 5
     assert [len(batch) for batch in batches] == [2, 2, 1]
@@ -119,7 +117,7 @@ def test_batches_report_every_changed_row_once(make_message: MakeMessage) -> Non
 def test_a_bad_batch_size_is_refused(make_message: MakeMessage) -> None:
     make_message(FAILED)
     with pytest.raises(ValueError, match="batch_size"):
-        operations.retry_now(OutboxMessage.objects.all(), batch_size=0)
+        actions.retry_now(OutboxMessage.objects.all(), batch_size=0)
     assert OutboxMessage.objects.get().status == FAILED
 
 
@@ -146,7 +144,7 @@ def test_a_row_held_by_a_relay_is_left_alone(make_message: MakeMessage) -> None:
     relay.start()
     try:
         assert locked.wait(10)
-        changed = operations.mark_failed(OutboxMessage.objects.all(), actor="bob")
+        changed = actions.mark_failed(OutboxMessage.objects.all(), actor="bob")
     finally:
         release.set()
         relay.join()
@@ -164,7 +162,7 @@ def test_each_operation_logs_one_line_with_its_count(
     make_message(FAILED)
     caplog.set_level("INFO", logger="outbox.operations")
 
-    operations.retry_now(OutboxMessage.objects.all())
+    actions.retry_now(OutboxMessage.objects.all())
 
     (record,) = caplog.records
     assert record.getMessage() == "outbox operation=retry_now count=2"

@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from outbox import stats
 from outbox.models import OutboxMessage
+from outbox.operations import stats
 from tests.operations.conftest import MakeMessage
 
 READY = OutboxMessage.Status.READY

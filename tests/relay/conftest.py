@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from outbox.publishers import InMemoryPublisher
 from outbox.relay import Relay, RelaySettings
+from outbox.relay.publishers import InMemoryPublisher
 from tests.broker import BoundQueue, Received
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

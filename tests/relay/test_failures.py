@@ -16,8 +16,8 @@ from django.db import transaction
 
 from outbox import Message, publish_many
 from outbox.models import OutboxMessage
-from outbox.publishers import RabbitMQPublisher
 from outbox.relay import Relay
+from outbox.relay.publishers import RabbitMQPublisher
 from tests.broker import BoundQueue, connect, rabbitmq_stopped
 from tests.relay.conftest import consume, fast_settings, relay_command, relay_env
 

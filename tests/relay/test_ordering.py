@@ -19,8 +19,8 @@ from django.db.models import F
 
 from outbox import Message, publish, publish_many
 from outbox.models import OutboxMessage
-from outbox.publishers import RabbitMQPublisher
 from outbox.relay import Relay
+from outbox.relay.publishers import RabbitMQPublisher
 from tests.broker import BoundQueue
 from tests.relay.conftest import consume, fast_settings, payloads, relay_command, relay_env
 from tests.testapp.models import Counter

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from outbox.publishers import InMemoryPublisher, OutgoingMessage, Publisher, RabbitMQPublisher
+from outbox.relay.publishers import InMemoryPublisher, OutgoingMessage, Publisher, RabbitMQPublisher
 from tests.broker import bound_queue
 from tests.relay.conftest import consume
 
@@ -140,7 +140,7 @@ def test_an_unreachable_broker_leaves_every_message_unanswered() -> None:
 
 
 def test_topic_matching_of_the_in_memory_publisher() -> None:
-    from outbox.publishers import topic_matches
+    from outbox.wire import topic_matches
 
     assert topic_matches("orders.#", "orders.a.b")
     assert topic_matches("orders.#", "orders")

@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from outbox import Message, publish, publish_many
 from outbox.models import OutboxMessage
-from outbox.publishers import InMemoryPublisher
 from outbox.relay import Relay
+from outbox.relay.publishers import InMemoryPublisher
 from tests.relay.conftest import fast_settings, memory_relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,7 +65,7 @@ def test_a_claim_takes_only_the_oldest_unpublished_row_of_each_key() -> None:
 def test_a_leased_row_is_not_claimed_twice_and_blocks_its_key() -> None:
     write(2, key="1")
     write(1, key="2")
-    from outbox import store
+    from outbox.relay import store
 
     first = store.claim(owner="a", limit=10, lease_seconds=30)
     second = store.claim(owner="b", limit=10, lease_seconds=30)
@@ -75,7 +75,7 @@ def test_a_leased_row_is_not_claimed_twice_and_blocks_its_key() -> None:
 
 def test_an_expired_lease_makes_the_rows_claimable_again() -> None:
     write(1)
-    from outbox import store
+    from outbox.relay import store
 
     [claimed] = store.claim(owner="crashed", limit=10, lease_seconds=30)
     assert store.claim(owner="other", limit=10, lease_seconds=30) == []
@@ -197,7 +197,7 @@ def test_settings_are_validated(settings: Any) -> None:
 def test_logs_and_metrics_report_counts_and_message_ids(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from outbox import metrics
+    from outbox.operations import metrics
 
     reported: dict[str, list[float]] = {"published": [], "retried": [], "failed": [], "latency": []}
     monkeypatch.setattr(metrics, "messages_published", reported["published"].append)
@@ -228,7 +228,7 @@ def test_logs_and_metrics_report_counts_and_message_ids(
 
 
 def test_the_listener_wakes_on_commit_and_times_out_otherwise() -> None:
-    from outbox.store import ReadyListener
+    from outbox.relay.store import ReadyListener
 
     listener = ReadyListener()
     try:

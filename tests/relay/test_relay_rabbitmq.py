@@ -15,8 +15,8 @@ from django.db import connection, transaction
 
 from outbox import Message, publish, publish_many
 from outbox.models import OutboxMessage
-from outbox.publishers import RabbitMQPublisher
 from outbox.relay import Relay
+from outbox.relay.publishers import RabbitMQPublisher
 from tests.broker import BoundQueue, bound_queue
 from tests.relay.conftest import consume, fast_settings, payloads, relay_command, relay_env
 

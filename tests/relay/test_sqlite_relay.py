@@ -22,8 +22,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from outbox import store
 from outbox.models import OutboxMessage
+from outbox.relay import store
 from tests.broker import BoundQueue, bound_queue
 from tests.relay.conftest import REPO_ROOT, payloads
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from outbox.consumer import ConsumerLoop, declare
-from outbox.consumers import UnknownConsumerError, load_handlers, registry
+from outbox.consumer.loop import ConsumerLoop, declare
+from outbox.consumer.registry import UnknownConsumerError, load_handlers, registry
 
 
 class Command(BaseCommand):

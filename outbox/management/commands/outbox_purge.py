@@ -11,7 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from outbox import conf, operations
+from outbox import conf
+from outbox.operations import actions
 
 
 class Command(BaseCommand):
@@ -40,7 +41,7 @@ class Command(BaseCommand):
         if seconds is None:
             seconds = conf.get("RETENTION")
         try:
-            deleted = operations.purge_published(
+            deleted = actions.purge_published(
                 older_than=timedelta(seconds=seconds),
                 batch_size=options["batch_size"],
                 max_batches=options["max_batches"],

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from outbox.inbox import purge_inbox
+from outbox.consumer.inbox import purge_inbox
 
 
 class Command(BaseCommand):

@@ -11,8 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from outbox import store
-from outbox.relay import Relay
+from outbox.relay import Relay, store
 
 logger = logging.getLogger("outbox.relay")
 

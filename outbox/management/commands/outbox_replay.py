@@ -17,8 +17,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from outbox import operations
 from outbox.models import OutboxMessage
+from outbox.operations import actions
 
 REPLAYABLE = [OutboxMessage.Status.PUBLISHED, OutboxMessage.Status.FAILED]
 PROGRESS_BAR_WIDTH = 30
@@ -62,7 +62,7 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="list the rows that would be replayed"
         )
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        parser.add_argument("--batch-size", type=int, default=operations.DEFAULT_BATCH_SIZE)
+        parser.add_argument("--batch-size", type=int, default=actions.DEFAULT_BATCH_SIZE)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
@@ -85,7 +85,7 @@ class Command(BaseCommand):
             self._confirm(f"Replay {total} message(s) {how}? [y/N] ")
 
         progress = _ProgressBar(self.stderr, total) if total > options["batch_size"] else None
-        replayed = operations.replay(
+        replayed = actions.replay(
             chosen,
             new_ids=options["new_ids"],
             batch_size=options["batch_size"],

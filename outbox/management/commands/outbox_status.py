@@ -13,7 +13,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError
 
-from outbox import conf, stats
+from outbox import conf
+from outbox.operations import stats
 
 EXIT_BACKLOG_TOO_OLD = 1
 EXIT_FAILED_ROWS = 2

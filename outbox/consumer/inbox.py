@@ -23,7 +23,7 @@ from outbox import conf
 from outbox.exceptions import InvalidMessageError, TransactionRequiredError
 from outbox.models import InboxMessage
 
-logger = logging.getLogger("outbox.inbox")
+logger = logging.getLogger("outbox.consumer.inbox")
 
 P = ParamSpec("P")
 R = TypeVar("R")

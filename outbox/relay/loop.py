@@ -3,7 +3,7 @@
 One batch is three short steps and never holds a database transaction across broker I/O:
 
 1. claim (one autocommit statement): lease up to BATCH_SIZE rows, at most one per ordering key;
-2. publish the batch with pipelined confirms (``outbox.publishers``);
+2. publish the batch with pipelined confirms (``outbox.relay.publishers``);
 3. settle: confirmed rows marked published in one statement, refused rows scheduled for a
    retry (or failed), rows left unanswered by a broker outage released with attempts unchanged.
 
@@ -28,9 +28,11 @@ import psycopg
 from django.db import DatabaseError, connections, router
 from django.utils import timezone
 
-from outbox import conf, metrics, store
+from outbox import conf
 from outbox.models import OutboxMessage
-from outbox.publishers import OutgoingMessage, Publisher, PublishOutcome, RabbitMQPublisher
+from outbox.operations import metrics
+from outbox.relay import store
+from outbox.relay.publishers import OutgoingMessage, Publisher, PublishOutcome, RabbitMQPublisher
 
 __all__ = ["CRASH_AT_ENV", "BatchResult", "DrainResult", "Relay", "RelaySettings"]
 

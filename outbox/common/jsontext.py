@@ -1,4 +1,4 @@
-"""JSON encoding of payloads and headers, shared by the writer and the relay."""
+"""JSON text for payloads, headers and stored events: one rule set for the whole framework."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+
+__all__ = ["OutboxJSONEncoder", "encode"]
 
 
 class OutboxJSONEncoder(DjangoJSONEncoder):

@@ -23,7 +23,7 @@ from outbox.models import OutboxMessage
 
 __all__ = ["REPLAY_OF_HEADER", "mark_failed", "purge_published", "replay", "retry_now"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("outbox.operations")
 
 # Header a replay with new message ids puts on each copy: the original row's message_id.
 REPLAY_OF_HEADER = "x-replay-of"

@@ -29,7 +29,7 @@ except ImportError:  # the prometheus extra is not installed
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from outbox import stats
+    from outbox.operations import stats
 
 __all__ = [
     "PROMETHEUS_AVAILABLE",
@@ -106,7 +106,7 @@ if prometheus_client is not None:
 
         def collect(self) -> Iterable[Any]:
             # Imported here: this module loads before the apps (the relay imports it early).
-            from outbox import stats
+            from outbox.operations import stats
 
             return self._families(stats.backlog())
 

@@ -24,7 +24,9 @@ import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 
+from outbox import wire
 from outbox.broker import connection_parameters
+from outbox.wire import topic_matches
 
 __all__ = [
     "InMemoryPublisher",
@@ -148,22 +150,6 @@ class InMemoryPublisher(Publisher):
             topic_matches(binding, message.routing_key)
             for binding in self.bindings.get(message.exchange, [])
         )
-
-
-def topic_matches(binding_key: str, routing_key: str) -> bool:
-    """Whether a topic exchange routes ``routing_key`` through ``binding_key``."""
-    return _words_match(tuple(binding_key.split(".")), tuple(routing_key.split(".")))
-
-
-def _words_match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":  # zero or more words
-        return any(_words_match(rest, words[skip:]) for skip in range(len(words) + 1))
-    if not words:
-        return False
-    return head in ("*", words[0]) and _words_match(rest, words[1:])
 
 
 class RabbitMQPublisher(Publisher):
@@ -325,8 +311,8 @@ class RabbitMQPublisher(Publisher):
         properties = pika.BasicProperties(
             message_id=message.message_id,
             type=message.event_type,
-            content_type="application/json",
-            delivery_mode=_PERSISTENT,
+            content_type=wire.CONTENT_TYPE,
+            delivery_mode=wire.PERSISTENT,
             timestamp=message.timestamp,
             headers=message.headers,
         )
@@ -384,10 +370,6 @@ class RabbitMQPublisher(Publisher):
             self._returned[key] = _unroutable_reason(
                 method.exchange or "", method.routing_key or "", method.reply_text or ""
             )
-
-
-# AMQP delivery mode 2: the broker writes the message to disk in durable queues.
-_PERSISTENT = 2
 
 
 def _core(channel: BlockingChannel) -> pika.channel.Channel:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
-from importlib import resources
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -29,8 +26,9 @@ from django.db.backends.utils import CursorWrapper
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from outbox.common.jsontext import encode
+from outbox.common.sql import load_queries
 from outbox.models import OutboxMessage
-from outbox.serialization import encode
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -49,16 +47,10 @@ __all__ = [
 # The channel the AFTER INSERT trigger of migration 0002_relay notifies.
 NOTIFY_CHANNEL = "outbox_message_ready"
 
-_QUERY_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
-
-@cache
 def queries() -> dict[str, str]:
     """The named queries of ``outbox/sql/queries.sql``, by name."""
-    text = resources.files("outbox").joinpath("sql/queries.sql").read_text(encoding="utf-8")
-    parts = _QUERY_NAME.split(text)
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return load_queries("outbox", "sql/queries.sql")
 
 
 @dataclass(frozen=True)

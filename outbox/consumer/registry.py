@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from django.utils.module_loading import autodiscover_modules
 
+from outbox.wire import topic_matches
+
 _CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _PATTERN_WORD = re.compile(r"^(\*|#|[^\s.*#]+)$")
 
@@ -137,22 +139,6 @@ def integration_handler(pattern: str, *, consumer: str) -> Callable[[HandlerT], 
 def load_handlers() -> None:
     """Import every installed app's ``handlers`` module, which registers its handlers."""
     autodiscover_modules("handlers")
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """Whether ``key`` matches the RabbitMQ topic ``pattern`` (as a binding would route it)."""
-    return _match(pattern.split("."), key.split("."))
-
-
-def _match(pattern: list[str], words: list[str]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match(rest, words[skip:]) for skip in range(len(words) + 1))
-    if not words:
-        return False
-    return (head == "*" or head == words[0]) and _match(rest, words[1:])
 
 
 def check_consumer_name(name: object) -> None:

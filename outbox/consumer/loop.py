@@ -34,9 +34,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 from pika.spec import Basic, BasicProperties
 
-from outbox import conf, inbox, tracing
+from outbox import conf, tracing, wire
 from outbox.broker import connection_parameters
-from outbox.consumers import ConsumerSpec, IncomingMessage, load_handlers, registry
+from outbox.consumer import inbox
+from outbox.consumer.registry import ConsumerSpec, IncomingMessage, load_handlers, registry
 from outbox.models import InboxMessage
 
 logger = logging.getLogger("outbox.consumer")
@@ -455,7 +456,7 @@ class ConsumerLoop:
             content_type=original.content_type,
             content_encoding=original.content_encoding,
             headers=headers,
-            delivery_mode=2,  # persistent,
+            delivery_mode=wire.PERSISTENT,
             priority=original.priority,
             correlation_id=original.correlation_id,
             reply_to=original.reply_to,
