@@ -28,6 +28,7 @@ from domain_events.eventsourcing.queries import queries
 from domain_events.eventsourcing.serialization import event_from_data
 from domain_events.eventsourcing.upcasting import upcast
 from domain_events.models import ProjectionCheckpoint
+from outbox.common.sql import rows_as
 
 _CHECKPOINT_TEXT = re.compile(r"^(\d+):(\d+)$")
 
@@ -92,7 +93,7 @@ def read_events(
             queries["read_all"],
             {"transaction_id": after.transaction_id, "position": after.position, "limit": limit},
         )
-        rows = cursor.fetchall()
+        rows = rows_as(cursor, _StoredEventRow)
     return [_recorded(row) for row in rows]
 
 
@@ -200,38 +201,43 @@ def _store_checkpoint(row: ProjectionCheckpoint, checkpoint: Checkpoint) -> None
     row.save(update_fields=["transaction_id", "position", "updated_at"])
 
 
-def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
-    (
-        position,
-        transaction_id,
-        aggregate_type,
-        aggregate_id,
-        version,
-        event_type,
-        schema_version,
-        event_id,
-        occurred_at,
-        data,
-        metadata,
-        triggering_message_id,
-        recorded_at,
-    ) = row
+@dataclass(frozen=True)
+class _StoredEventRow:
+    """One row of the ``read_all`` query, by column name."""
+
+    position: int
+    transaction_id: int
+    aggregate_type: str
+    aggregate_id: str
+    version: int
+    event_type: str
+    schema_version: int
+    event_id: UUID | str
+    occurred_at: dt.datetime
+    data: Any
+    metadata: Any
+    triggering_message_id: str | None
+    recorded_at: dt.datetime
+
+
+def _recorded(row: _StoredEventRow) -> RecordedEvent:
     # Django loads jsonb as text so that JSONField can decode it; raw queries decode here.
-    data = json.loads(data) if isinstance(data, str) else data
-    metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+    data = json.loads(row.data) if isinstance(row.data, str) else row.data
+    metadata = json.loads(row.metadata) if isinstance(row.metadata, str) else row.metadata
+    event_id = row.event_id
     event = event_from_data(
-        event_type,
-        upcast(event_type, schema_version, data),
+        row.event_type,
+        upcast(row.event_type, row.schema_version, data),
         event_id=event_id if isinstance(event_id, UUID) else UUID(str(event_id)),
-        occurred_at=occurred_at,
+        occurred_at=row.occurred_at,
     )
     return RecordedEvent(
-        checkpoint=Checkpoint(int(transaction_id), int(position)),
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
-        version=int(version),
+        checkpoint=Checkpoint(int(row.transaction_id), int(row.position)),
+        aggregate_type=row.aggregate_type,
+        aggregate_id=row.aggregate_id,
+        version=int(row.version),
         event=event,
         metadata=metadata,
-        triggering_message_id=triggering_message_id or None,
-        recorded_at=recorded_at,
+        triggering_message_id=row.triggering_message_id or None,
+        recorded_at=row.recorded_at,
     )

@@ -64,7 +64,7 @@ SET version = EXCLUDED.version,
 -- than every transaction still running (the snapshot's xmin). A transaction that commits late
 -- has an id at least that xmin until it ends, so none of its events can later appear before a
 -- checkpoint a follower has passed.
-SELECT position, transaction_id::text::bigint, aggregate_type, aggregate_id, version,
+SELECT position, transaction_id::text::bigint AS transaction_id, aggregate_type, aggregate_id, version,
        event_type, schema_version, event_id, occurred_at, data, metadata,
        triggering_message_id, recorded_at
 FROM domain_events_storedevent

@@ -1,6 +1,6 @@
-"""Counters and timings the relay and consumers report.
+"""Counters and timings the relay reports (consumers report none yet).
 
-The relay and consumers call these functions at the points they describe; where metrics are
+The relay calls these functions at the points they describe; where metrics are
 collected is decided here only. With ``prometheus_client`` installed (the ``prometheus``
 extra) they feed these series in its default registry:
 
