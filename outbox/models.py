@@ -43,7 +43,7 @@ class OutboxMessage(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
-    # Set by the BEFORE INSERT trigger of migration 0002_relay; the db_default only makes
+    # Set by the BEFORE INSERT trigger of migration 0001_initial; the db_default only makes
     # Django leave the column to the database and read the real value back on insert.
     position = models.BigIntegerField(db_default=0, editable=False)
     # A relay's claim: who holds the row and until when. An expired lease is free again.

@@ -182,7 +182,7 @@ def test_publish_many_batches_with_overlapping_keys_do_not_deadlock() -> None:
     """Two transactions publishing the same keys in opposite orders both commit.
 
     A third session holds the middle key's lock (the one the insert trigger of migration
-    0002_relay takes), so both writers are sure to be inside their INSERT, holding the keys
+    0001_initial takes), so both writers are sure to be inside their INSERT, holding the keys
     before it, when they meet. Inserted in the callers' orders they would deadlock there.
     """
     import threading

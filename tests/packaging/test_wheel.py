@@ -1,5 +1,6 @@
 """The built wheel installs into a fresh virtual environment and both apps load from it."""
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -38,9 +39,19 @@ print("wheel ok")
 @pytest.mark.slow
 def test_wheel_contains_the_libraries_only_and_installs_cleanly(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "dist"
+    # Build from the tracked files only: setuptools reuses a build/ folder left in a working
+    # tree, and a wheel built there once shipped migrations that no longer existed.
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO_ROOT, check=True, capture_output=True
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), "."],
-        cwd=REPO_ROOT,
+        cwd=source,
         check=True,
         capture_output=True,
     )
@@ -49,6 +60,9 @@ def test_wheel_contains_the_libraries_only_and_installs_cleanly(tmp_path: Path) 
     assert "outbox/py.typed" in names
     assert "domain_events/py.typed" in names
     assert "outbox/migrations/0001_initial.py" in names
+    assert [n for n in names if n.startswith("outbox/migrations/0")] == [
+        "outbox/migrations/0001_initial.py"
+    ], "one squashed initial migration before the first release"
     assert not [n for n in names if n.startswith(("example_project/", "tests/", "bench/"))]
 
     environment = tmp_path / "venv"
