@@ -145,8 +145,8 @@ def test_payload_over_the_limit_raises_and_writes_nothing(settings: Any) -> None
         ({"aggregate_type": "order", "aggregate_id": 1.5}, "aggregate_id"),
         ({"aggregate_type": "order", "aggregate_id": ""}, "aggregate_id"),
         ({"headers": {"aggregate_id": "x"}}, "set by the outbox"),
-        ({"headers": {1: "x"}}, "header names"),
-        ({"headers": {"x": object()}}, "headers cannot be serialized"),
+        ({"headers": {1: "x"}}, "header name at headers must be a non-empty string"),
+        ({"headers": {"x": object()}}, r"header value at headers\['x'\] is a object"),
         ({"headers": ["x"]}, "headers must be a mapping"),
     ],
 )
