@@ -95,7 +95,7 @@ def test_aggregate_classes_are_checked_when_defined() -> None:
         class NoSnapshotMethods(EventSourcedAggregate):
             snapshot_every = 10
 
-    with pytest.raises(InvalidAggregateError, match="BadName: aggregate_type .* got 'a:b'"):
+    with pytest.raises(InvalidAggregateError, match=r"BadName: aggregate_type .* got 'a:b'"):
 
         class BadName(EventSourcedAggregate, aggregate_type="a:b"):
             pass
