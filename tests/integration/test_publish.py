@@ -1,15 +1,19 @@
 """outbox.publish / publish_many against real PostgreSQL transactions."""
 
+import asyncio
 import json
 import struct
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
 import pika.exceptions
 import pytest
-from django.db import transaction
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
+from django.test import RequestFactory
 from pika.spec import BasicProperties
 
 from outbox import (
@@ -425,3 +429,45 @@ def test_numbers_are_normalised_by_jsonb_exactly_as_documented() -> None:
         "trailing_zeros": ("1.500", "str"),
     }
     assert str(stored["negative_zero"]) == "0.0"  # the sign of zero is lost
+
+
+# --- async views (issue 11, point 6) ------------------------------------------------------
+
+
+def test_publish_in_an_async_context_says_to_use_sync_to_async() -> None:
+    async def async_view() -> None:
+        publish("orders.order_placed", {"order_id": 1})
+
+    with pytest.raises(TransactionRequiredError, match="async context") as raised:
+        asyncio.run(async_view())
+    assert "sync_to_async" in str(raised.value)
+    assert "transaction.atomic()" in str(raised.value)
+    assert not OutboxMessage.objects.exists()
+
+
+def _docs_code_block(page: str, heading: str) -> str:
+    """The first Python code block after ``heading`` in ``docs/<page>``."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_async_views_example_of_the_docs_publishes_through_sync_to_async() -> None:
+    namespace: dict[str, Any] = {}
+    exec(_docs_code_block("concepts.md", "## Async views"), namespace)
+
+    async def serve() -> int:
+        try:
+            response = await namespace["place_order"](RequestFactory().post("/orders/7"), 7)
+            return int(response.status_code)
+        finally:
+            # sync_to_async ran the unit of work in its own thread, on its own connection.
+            await sync_to_async(connections.close_all)()
+
+    assert asyncio.run(serve()) == 201
+    row = OutboxMessage.objects.get()
+    assert (row.event_type, row.ordering_key, row.payload) == (
+        "orders.order_placed",
+        "order:7",
+        {"order_id": 7},
+    )
