@@ -68,7 +68,19 @@ def publish(
 
     Raises ``TransactionRequiredError`` outside ``transaction.atomic`` (unless
     ``OUTBOX["REQUIRE_ATOMIC"]`` is False) and ``InvalidMessageError`` (or its subclass
-    ``PayloadTooLargeError``) for bad input; in both cases nothing is written.
+    ``PayloadTooLargeError``) for bad input, including header values AMQP cannot carry
+    (``outbox.wire.check_header_value``) and names with the reserved ``x-outbox-`` prefix; in
+    every case nothing is written.
+
+    From async code (an async view), run the unit of work in a thread, in one transaction::
+
+        def place_order_now(order_id):
+            with transaction.atomic():
+                publish("orders.order_placed", {"order_id": order_id})
+
+        await sync_to_async(place_order_now)(order_id)
+
+    Called on a running event loop, ``publish()`` raises ``TransactionRequiredError`` saying so.
     """
     message = Message(
         event_type=event_type,
