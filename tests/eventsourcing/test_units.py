@@ -62,6 +62,21 @@ def test_an_event_round_trips_through_json_with_its_field_types() -> None:
     assert back == event
 
 
+def test_event_data_json_cannot_store_is_a_serialization_error() -> None:
+    def shaped(extra: dict[str, Any]) -> Shaped:
+        return Shaped(
+            ids=[], window=(), due=None, wait=dt.timedelta(), price=Decimal(0), extra=extra
+        )
+
+    # The outbox's JSON rules: a lone surrogate and a real NUL are refused before the save...
+    with pytest.raises(SerializationError, match="lone surrogate"):
+        event_json(shaped({"text": "half \ud800"}))
+    with pytest.raises(SerializationError, match="NUL"):
+        event_json(shaped({"text": "\x00"}))
+    # ...while the six characters backslash-u-0000 are ordinary text.
+    assert json.loads(event_json(shaped({"text": "\\u0000"})))["extra"] == {"text": "\\u0000"}
+
+
 def test_stored_data_that_does_not_fit_the_class_is_a_clear_error() -> None:
     decode = partial(event_from_data, event_id=uuid4(), occurred_at=dt.datetime.now(dt.UTC))
     with pytest.raises(SerializationError, match=r"fields \['colour'\].*register an upcaster"):
