@@ -18,6 +18,7 @@ from domain_events.eventsourcing.exceptions import (
     ConcurrencyError,
     DuplicateCommandError,
     EventStoreError,
+    InvalidAggregateError,
     SerializationError,
     UpcastError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "EventStore",
     "EventStoreError",
     "EventTypeConflictError",
+    "InvalidAggregateError",
     "Projection",
     "RecordedEvent",
     "SerializationError",

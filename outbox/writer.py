@@ -6,10 +6,13 @@ leaves nothing behind, in ``publish_many`` too.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from operator import attrgetter
 from typing import Any
 from uuid import UUID
@@ -17,18 +20,16 @@ from uuid import UUID
 import psycopg
 from django.db import connections, router, transaction
 
-from outbox import conf, tracing
+from outbox import conf, tracing, wire
 from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
 from outbox.models import OutboxMessage
 from outbox.relay.store import queries
 
-# AMQP "short strings" (routing key, exchange, type) hold at most 255 bytes.
-_SHORT_STRING_BYTES = 255
-# No ':' in an aggregate type keeps "<type>:<id>" ordering keys unambiguous.
-_AGGREGATE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _EXCHANGE_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]*$")
-RESERVED_HEADERS = frozenset({"aggregate_type", "aggregate_id"})
+RESERVED_HEADERS = frozenset({wire.AGGREGATE_TYPE_HEADER, wire.AGGREGATE_ID_HEADER})
+# Header leaves the JSON encoding turns into strings (OutboxJSONEncoder), so AMQP gets text.
+_STRING_ENCODED_HEADER_TYPES: tuple[type, ...] = (dt.date, dt.time, dt.timedelta, Decimal, UUID)
 
 AggregateId = str | int | UUID
 
@@ -67,7 +68,19 @@ def publish(
 
     Raises ``TransactionRequiredError`` outside ``transaction.atomic`` (unless
     ``OUTBOX["REQUIRE_ATOMIC"]`` is False) and ``InvalidMessageError`` (or its subclass
-    ``PayloadTooLargeError``) for bad input; in both cases nothing is written.
+    ``PayloadTooLargeError``) for bad input, including header values AMQP cannot carry
+    (``outbox.wire.check_header_value``) and names with the reserved ``x-outbox-`` prefix; in
+    every case nothing is written.
+
+    From async code (an async view), run the unit of work in a thread, in one transaction::
+
+        def place_order_now(order_id):
+            with transaction.atomic():
+                publish("orders.order_placed", {"order_id": order_id})
+
+        await sync_to_async(place_order_now)(order_id)
+
+    Called on a running event loop, ``publish()`` raises ``TransactionRequiredError`` saying so.
     """
     message = Message(
         event_type=event_type,
@@ -125,13 +138,15 @@ def _prepare(message: Message) -> tuple[OutboxMessage, str, str]:
     routing_key = _short_string(
         "routing_key", event_type if message.routing_key is None else message.routing_key
     )
-    exchange = conf.get("EXCHANGE") if message.exchange is None else message.exchange
+    exchange = conf.get_str("EXCHANGE") if message.exchange is None else message.exchange
     if not isinstance(exchange, str) or not _EXCHANGE_PATTERN.match(exchange):
         raise InvalidMessageError(
             f"exchange must be a string of letters, digits, '-', '_', '.', ':'; got {exchange!r}"
         )
     _short_string("exchange", exchange, allow_empty=True)
-    aggregate_type, aggregate_id = _aggregate(message.aggregate_type, message.aggregate_id)
+    aggregate_type, aggregate_id = wire.check_aggregate(
+        message.aggregate_type, message.aggregate_id
+    )
     payload, payload_json = _payload(message.payload)
     headers, headers_json = _headers(message.headers)
     row = OutboxMessage(
@@ -179,7 +194,7 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
         "lease_owner": row.lease_owner,
         "lease_expires_at": row.lease_expires_at,
     }
-    if conf.get("PREPARED_INSERT"):
+    if conf.get_bool("PREPARED_INSERT"):
         connection.ensure_connection()
         # wrap_database_errors: the same django.db exceptions, and connection bookkeeping, as
         # a query through Django's own cursor.
@@ -197,8 +212,9 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
 
 
 def _writable_alias(using: str | None) -> str:
+    _refuse_async_context()
     alias = using or router.db_for_write(OutboxMessage)
-    if conf.get("REQUIRE_ATOMIC") and not transaction.get_connection(alias).in_atomic_block:
+    if conf.get_bool("REQUIRE_ATOMIC") and not transaction.get_connection(alias).in_atomic_block:
         raise TransactionRequiredError(
             "outbox.publish() must run inside transaction.atomic() so the event commits or"
             " rolls back with the business data (database "
@@ -207,40 +223,42 @@ def _writable_alias(using: str | None) -> str:
     return alias
 
 
+def _refuse_async_context() -> None:
+    """Raise ``TransactionRequiredError`` with the way out when an event loop runs here.
+
+    Django's transactions are per thread and synchronous: in an async view no
+    ``transaction.atomic`` of this thread can hold the row, and following the usual advice
+    would only raise ``SynchronousOnlyOperation``.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no event loop in this thread: the normal, synchronous case
+        return
+    raise TransactionRequiredError(
+        "outbox.publish() cannot run in an async context (an event loop is running in this"
+        " thread): Django transactions are synchronous. Put the unit of work (business writes"
+        " and publish()) in a plain function under transaction.atomic() and await it through"
+        " asgiref.sync.sync_to_async, e.g.\n"
+        "    def place_order(data):\n"
+        "        with transaction.atomic():\n"
+        "            order = Order.objects.create(**data)\n"
+        '            publish("orders.order_placed", {"order_id": order.pk})\n'
+        "    await sync_to_async(place_order)(data)"
+    )
+
+
 def _short_string(name: str, value: object, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidMessageError(f"{name} must be a string, got {type(value).__name__}")
     if not value and not allow_empty:
         raise InvalidMessageError(f"{name} must not be empty")
-    if len(value.encode()) > _SHORT_STRING_BYTES:
-        raise InvalidMessageError(f"{name} is longer than {_SHORT_STRING_BYTES} bytes")
+    if wire.utf8_length(name, value) > wire.SHORT_STRING_BYTES:
+        raise InvalidMessageError(f"{name} is longer than {wire.SHORT_STRING_BYTES} bytes")
     # str.isprintable() is False for every whitespace character but the ASCII space, and for
     # control characters; one C-level scan instead of a Python loop over the characters.
     if not value.isprintable() or " " in value:
         raise InvalidMessageError(f"{name} must not contain spaces or control characters")
     return value
-
-
-def _aggregate(aggregate_type: object, aggregate_id: object) -> tuple[str, str]:
-    if aggregate_type is None and aggregate_id is None:
-        return "", ""
-    if aggregate_type is None or aggregate_id is None:
-        raise InvalidMessageError("aggregate_type and aggregate_id go together: give both or none")
-    if not isinstance(aggregate_type, str) or not _AGGREGATE_TYPE_PATTERN.match(aggregate_type):
-        raise InvalidMessageError(
-            "aggregate_type must be a non-empty string of letters, digits, '_', '.', '-', '/';"
-            f" got {aggregate_type!r}"
-        )
-    if isinstance(aggregate_id, bool) or not isinstance(aggregate_id, str | int | UUID):
-        raise InvalidMessageError(
-            f"aggregate_id must be a str, int or UUID, got {type(aggregate_id).__name__}"
-        )
-    text_id = str(aggregate_id)
-    if not text_id or len(text_id) > 255:
-        raise InvalidMessageError("aggregate_id must be 1 to 255 characters")
-    if len(aggregate_type) > 255:
-        raise InvalidMessageError("aggregate_type must be at most 255 characters")
-    return aggregate_type, text_id
 
 
 def _payload(payload: object) -> tuple[Any, str]:
@@ -249,7 +267,7 @@ def _payload(payload: object) -> tuple[Any, str]:
             f"payload must be a JSON object (a mapping), got {type(payload).__name__}"
         )
     text = _encode("payload", payload)
-    limit = conf.get("MAX_PAYLOAD_BYTES")
+    limit = conf.get_int("MAX_PAYLOAD_BYTES")
     size = len(text.encode())
     if size > limit:
         raise PayloadTooLargeError(
@@ -266,13 +284,18 @@ def _headers(headers: object) -> tuple[dict[str, Any], str]:
         headers = {}
     if not isinstance(headers, Mapping):
         raise InvalidMessageError(f"headers must be a mapping, got {type(headers).__name__}")
-    for key in headers:
-        if not isinstance(key, str) or not key or len(key.encode()) > _SHORT_STRING_BYTES:
-            raise InvalidMessageError(f"header names must be non-empty strings, got {key!r}")
+    for key, value in headers.items():
+        wire.check_header_name("headers", key)
         if key in RESERVED_HEADERS:
             raise InvalidMessageError(
                 f"header {key!r} is set by the outbox from the aggregate arguments"
             )
+        if key.lower().startswith(wire.FRAMEWORK_HEADER_PREFIX):
+            raise InvalidMessageError(
+                f"header {key!r}: names starting with {wire.FRAMEWORK_HEADER_PREFIX!r} are"
+                " reserved for the outbox's own headers (attempts, position, dead-letter reason)"
+            )
+        wire.check_header_value(f"headers[{key!r}]", value, also=_STRING_ENCODED_HEADER_TYPES)
     with_trace = tracing.with_trace_headers(dict(headers))
     if not with_trace:
         return {}, "{}"

@@ -8,17 +8,17 @@ a command and the state after reloading are the same by construction.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from domain_events.events import DomainEvent
+from domain_events.eventsourcing.exceptions import InvalidAggregateError
 from domain_events.names import StableNames
+from outbox import wire
+from outbox.exceptions import InvalidMessageError
 
 _APPLIES_ATTRIBUTE = "_domain_events_applies"
-# No ':' so "<type>:<id>" keys (the outbox's ordering key) stay unambiguous.
-_AGGREGATE_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-/]{1,255}$")
 
 ApplyMethod = TypeVar("ApplyMethod", bound=Callable[..., None])
 
@@ -69,12 +69,10 @@ class EventSourcedAggregate:
     def __init_subclass__(cls, *, aggregate_type: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = aggregate_type if aggregate_type is not None else cls.__name__
-        if not isinstance(name, str) or not _AGGREGATE_TYPE_PATTERN.match(name):
-            raise TypeError(
-                f"{cls.__qualname__}: aggregate type {name!r} must be 1-255 letters, digits,"
-                " '_', '.', '-' or '/'"
-            )
-        cls.aggregate_type = name
+        try:
+            cls.aggregate_type = wire.check_aggregate_type(name)
+        except InvalidMessageError as error:
+            raise InvalidAggregateError(f"{cls.__qualname__}: {error}") from error
         methods = dict(cls._apply_methods)
         for attribute, value in vars(cls).items():
             event_class = getattr(value, _APPLIES_ATTRIBUTE, None)
@@ -98,13 +96,11 @@ class EventSourcedAggregate:
         _aggregate_types.claim(name, cls)
 
     def __init__(self, aggregate_id: str | int | UUID) -> None:
-        if isinstance(aggregate_id, bool) or not isinstance(aggregate_id, str | int | UUID):
-            raise TypeError(f"aggregate_id must be a str, int or UUID, got {aggregate_id!r}")
-        text_id = str(aggregate_id)
-        if not 1 <= len(text_id) <= 255:
-            raise ValueError(f"aggregate_id must be 1-255 characters: {text_id!r}")
-        #: The id as stored: always its string form.
-        self.id = text_id
+        try:
+            #: The id as stored: always its string form.
+            self.id = wire.check_aggregate_id(aggregate_id)
+        except InvalidMessageError as error:
+            raise InvalidAggregateError(f"{type(self).__qualname__}: {error}") from error
         self._stored_version = 0
         self._pending: list[DomainEvent] = []
 

@@ -28,6 +28,14 @@ class AggregateNotFoundError(EventStoreError, LookupError):
     """No event is stored for this aggregate type and id."""
 
 
+class InvalidAggregateError(EventStoreError, TypeError, ValueError):
+    """An aggregate class's ``aggregate_type`` or an aggregate id breaks the outbox's naming
+    rule (``outbox.wire.check_aggregate_type`` / ``check_aggregate_id``), so its events could
+    not become integration events with an ordering key. Raised when the class is defined or
+    the aggregate is created; a ``TypeError`` and a ``ValueError``, so either ``except`` works.
+    """
+
+
 class SerializationError(EventStoreError, ValueError):
     """An event or a snapshot cannot be written as JSON, or stored JSON cannot be read back."""
 

@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from domain_events import (
     DomainEvent,
     EventSourcedAggregate,
+    InvalidAggregateError,
     SerializationError,
     UpcastError,
     applies,
@@ -61,6 +62,21 @@ def test_an_event_round_trips_through_json_with_its_field_types() -> None:
     assert back == event
 
 
+def test_event_data_json_cannot_store_is_a_serialization_error() -> None:
+    def shaped(extra: dict[str, Any]) -> Shaped:
+        return Shaped(
+            ids=[], window=(), due=None, wait=dt.timedelta(), price=Decimal(0), extra=extra
+        )
+
+    # The outbox's JSON rules: a lone surrogate and a real NUL are refused before the save...
+    with pytest.raises(SerializationError, match="lone surrogate"):
+        event_json(shaped({"text": "half \ud800"}))
+    with pytest.raises(SerializationError, match="NUL"):
+        event_json(shaped({"text": "\x00"}))
+    # ...while the six characters backslash-u-0000 are ordinary text.
+    assert json.loads(event_json(shaped({"text": "\\u0000"})))["extra"] == {"text": "\\u0000"}
+
+
 def test_stored_data_that_does_not_fit_the_class_is_a_clear_error() -> None:
     decode = partial(event_from_data, event_id=uuid4(), occurred_at=dt.datetime.now(dt.UTC))
     with pytest.raises(SerializationError, match=r"fields \['colour'\].*register an upcaster"):
@@ -94,7 +110,7 @@ def test_aggregate_classes_are_checked_when_defined() -> None:
         class NoSnapshotMethods(EventSourcedAggregate):
             snapshot_every = 10
 
-    with pytest.raises(TypeError, match="aggregate type 'a:b'"):
+    with pytest.raises(InvalidAggregateError, match=r"BadName: aggregate_type .* got 'a:b'"):
 
         class BadName(EventSourcedAggregate, aggregate_type="a:b"):
             pass
@@ -119,10 +135,14 @@ def test_aggregate_ids_are_stored_as_strings() -> None:
     key = uuid4()
     assert Thing(key).id == str(key)
     assert Thing(7).id == "7"
-    with pytest.raises(TypeError):
+    # One rule with the outbox's publish(), raised as the event store's own error, which is
+    # also the TypeError / ValueError callers caught before.
+    with pytest.raises(TypeError, match="aggregate_id must be a str, int or UUID"):
         Thing(True)
-    with pytest.raises(ValueError, match="1-255 characters"):
+    with pytest.raises(ValueError, match="1 to 255 characters"):
         Thing("")
+    with pytest.raises(InvalidAggregateError, match="NUL"):
+        Thing("a\x00b")
 
 
 def test_checkpoints_print_and_parse() -> None:

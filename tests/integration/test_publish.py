@@ -1,13 +1,20 @@
 """outbox.publish / publish_many against real PostgreSQL transactions."""
 
+import asyncio
 import json
+import struct
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import pika.exceptions
 import pytest
-from django.db import transaction
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
+from django.test import RequestFactory
+from pika.spec import BasicProperties
 
 from outbox import (
     InvalidMessageError,
@@ -18,6 +25,7 @@ from outbox import (
     publish_many,
 )
 from outbox.models import OutboxMessage
+from outbox.wire import check_header_value
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -145,9 +153,20 @@ def test_payload_over_the_limit_raises_and_writes_nothing(settings: Any) -> None
         ({"aggregate_type": "order", "aggregate_id": 1.5}, "aggregate_id"),
         ({"aggregate_type": "order", "aggregate_id": ""}, "aggregate_id"),
         ({"headers": {"aggregate_id": "x"}}, "set by the outbox"),
-        ({"headers": {1: "x"}}, "header names"),
-        ({"headers": {"x": object()}}, "headers cannot be serialized"),
+        ({"headers": {1: "x"}}, "header name at headers must be a non-empty string"),
+        ({"headers": {"x": object()}}, r"header value at headers\['x'\] is a object"),
         ({"headers": ["x"]}, "headers must be a mapping"),
+        # Lone surrogates and NUL: InvalidMessageError, not UnicodeEncodeError or DataError.
+        ({"payload": {"text": "half \ud800 pair"}}, "payload .*lone surrogate"),
+        ({"payload": {"\udc80": 1}}, "payload .*lone surrogate"),
+        ({"event_type": "x.\ud800"}, "event_type holds a lone surrogate"),
+        ({"routing_key": "r.\ud800"}, "routing_key holds a lone surrogate"),
+        ({"aggregate_type": "order", "aggregate_id": "\ud800"}, "aggregate_id holds a lone"),
+        ({"aggregate_type": "order", "aggregate_id": "a\x00b"}, "aggregate_id .*NUL"),
+        ({"aggregate_type": "or\x00der", "aggregate_id": 1}, "aggregate_type"),
+        ({"event_type": "x\x00y"}, "event_type .*control characters"),
+        ({"routing_key": "x\x00y"}, "routing_key .*control characters"),
+        ({"payload": {"text": "\x00"}}, "NUL"),
     ],
 )
 def test_bad_arguments_raise_a_clear_error_and_write_nothing(
@@ -288,3 +307,153 @@ def test_a_database_error_in_the_prepared_insert_is_djangos_and_rolls_back() -> 
     with pytest.raises(IntegrityError):
         insert_duplicate()
     assert OutboxMessage.objects.count() == 1
+
+
+# --- what AMQP can carry (issue 10, items 1, 9, 10) ---------------------------------------
+
+_LONG_KEY = "é" * 128  # 128 characters, 256 UTF-8 bytes: one byte over AMQP's short string
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"price": 1.5}, r"headers\['price'\] is a float"),
+        ({"n": {"deep": [1, 2.0]}}, r"headers\['n'\]\['deep'\]\[1\] is a float"),
+        ({"big": 2**63}, r"headers\['big'\] is outside AMQP's signed 64-bit"),
+        ({"small": -(2**63) - 1}, r"headers\['small'\] is outside AMQP's signed 64-bit"),
+        ({"n": {_LONG_KEY: 1}}, r"at headers\['n'\] is longer than 255 bytes"),
+        ({_LONG_KEY: 1}, "longer than 255 bytes"),
+        ({"n": [{"k": b"raw"}]}, r"headers\['n'\]\[0\]\['k'\] is a bytes"),
+        ({"n": {1: "x"}}, r"header name at headers\['n'\] must be a non-empty string"),
+        ({"x-outbox-attempts": 99}, "reserved for the outbox"),
+        ({"X-Outbox-Position": 1}, "reserved for the outbox"),
+        ({"text": "half \ud800 pair"}, "lone surrogate"),
+        ({"half \udfff": "x"}, "lone surrogate"),
+        ({"text": "nul \x00"}, "NUL"),
+    ],
+)
+def test_headers_amqp_cannot_carry_are_refused_and_nothing_is_written(
+    headers: dict[str, Any], message: str
+) -> None:
+    with transaction.atomic():
+        with pytest.raises(InvalidMessageError, match=message):
+            publish("x.y", {}, headers=headers)
+        with pytest.raises(InvalidMessageError, match=f"message 1: .*{message}"):
+            publish_many([Message("x.y", {}), Message("x.y", {}, headers=headers)])
+        assert not OutboxMessage.objects.exists()
+
+
+def test_every_header_value_publish_accepts_is_encodable_by_pika() -> None:
+    headers = {
+        "limits": [2**63 - 1, -(2**63), 0, True, None, "text"],
+        "nested": {"k" * 255: {"list": [{"a": 1}]}},
+        "when": datetime(2026, 1, 2, tzinfo=UTC),
+        "amount": Decimal("1.50"),
+        "x-outboxed": "a prefix look-alike is the caller's",
+    }
+    with transaction.atomic():
+        publish("x.y", {}, headers=headers)
+    stored = OutboxMessage.objects.get().headers
+    assert stored["when"] == "2026-01-02T00:00:00Z"
+    assert stored["amount"] == "1.50"
+    assert stored["limits"] == headers["limits"]
+    # What the relay does with them: raises if pika could not send these headers.
+    assert BasicProperties(headers=stored).encode()
+
+
+def test_the_header_rule_refuses_what_pika_refuses() -> None:
+
+    for value in (1.5, 2**63, {_LONG_KEY: 1}):
+        with pytest.raises(InvalidMessageError):
+            check_header_value("h", value)
+        with pytest.raises(
+            (
+                pika.exceptions.UnsupportedAMQPFieldException,
+                pika.exceptions.ShortStringTooLong,
+                struct.error,
+            )
+        ):
+            BasicProperties(headers={"h": value}).encode()
+
+
+def test_a_literal_backslash_u0000_text_is_accepted_and_round_trips() -> None:
+    text = "C:\\u0000 is six characters, not a NUL; \\\\u0000 neither"
+    with transaction.atomic():
+        row = publish("x.y", {"text": text, "\\u0000": 1}, headers={"note": text})
+    stored = OutboxMessage.objects.get(pk=row.pk)
+    assert stored.payload == {"text": text, "\\u0000": 1}
+    assert stored.headers == {"note": text}
+    # A NUL after an escaped backslash is still a NUL.
+    with transaction.atomic(), pytest.raises(InvalidMessageError, match="NUL"):
+        publish("x.y", {"text": "\\\x00"})
+
+
+def test_numbers_are_normalised_by_jsonb_exactly_as_documented() -> None:
+    # docs/concepts.md, "How numbers are stored": jsonb keeps numeric values, not their text.
+    payload = {
+        "exponent_integral": 1e17,
+        "huge": 1e300,
+        "negative_zero": -0.0,
+        "float_integral": 1.0,
+        "small": 1e-7,
+        "fraction": 1.5,
+        "big_int": 2**70,
+        "trailing_zeros": Decimal("1.500"),
+    }
+    with transaction.atomic():
+        publish("x.y", payload)
+    stored = OutboxMessage.objects.get().payload
+    as_read = {name: (value, type(value).__name__) for name, value in stored.items()}
+    assert as_read == {
+        "exponent_integral": (10**17, "int"),  # 1e+17 had an exponent: an integer now
+        "huge": (10**300, "int"),
+        "negative_zero": (0.0, "float"),
+        "float_integral": (1.0, "float"),
+        "small": (1e-7, "float"),
+        "fraction": (1.5, "float"),
+        "big_int": (2**70, "int"),
+        "trailing_zeros": ("1.500", "str"),
+    }
+    assert str(stored["negative_zero"]) == "0.0"  # the sign of zero is lost
+
+
+# --- async views (issue 11, point 6) ------------------------------------------------------
+
+
+def test_publish_in_an_async_context_says_to_use_sync_to_async() -> None:
+    async def async_view() -> None:
+        publish("orders.order_placed", {"order_id": 1})
+
+    with pytest.raises(TransactionRequiredError, match="async context") as raised:
+        asyncio.run(async_view())
+    assert "sync_to_async" in str(raised.value)
+    assert "transaction.atomic()" in str(raised.value)
+    assert not OutboxMessage.objects.exists()
+
+
+def _docs_code_block(page: str, heading: str) -> str:
+    """The first Python code block after ``heading`` in ``docs/<page>``."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / page).read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_async_views_example_of_the_docs_publishes_through_sync_to_async() -> None:
+    namespace: dict[str, Any] = {}
+    exec(_docs_code_block("concepts.md", "## Async views"), namespace)
+
+    async def serve() -> int:
+        try:
+            response = await namespace["place_order"](RequestFactory().post("/orders/7"), 7)
+            return int(response.status_code)
+        finally:
+            # sync_to_async ran the unit of work in its own thread, on its own connection.
+            await sync_to_async(connections.close_all)()
+
+    assert asyncio.run(serve()) == 201
+    row = OutboxMessage.objects.get()
+    assert (row.event_type, row.ordering_key, row.payload) == (
+        "orders.order_placed",
+        "order:7",
+        {"order_id": 7},
+    )
