@@ -196,7 +196,9 @@ def purge_published(
     deleted, whatever their age. ``max_batches`` bounds one run (a scheduled task then
     finishes the rest next time); ``on_batch`` gets the size of each deleted batch.
     """
-    retention = older_than if older_than is not None else timedelta(seconds=conf.get_float("RETENTION"))
+    retention = (
+        older_than if older_than is not None else timedelta(seconds=conf.get_float("RETENTION"))
+    )
     size = batch_size if batch_size is not None else conf.get_int("PURGE_BATCH_SIZE")
     if size < 1:
         raise ValueError(f"batch_size must be at least 1, got {size}")
