@@ -85,9 +85,10 @@ def test_lease_shorter_than_confirm_timeout_is_an_error(settings: Any) -> None:
 def test_check_hints_point_at_urls_not_repository_paths() -> None:
     with mock.patch.object(connections["default"], "vendor", "sqlite"):
         [problem] = check_database()
-    assert "https://" in problem.hint
-    assert " docs/" not in problem.hint
-    assert "(docs/" not in problem.hint
+    hint = str(problem.hint)
+    assert "https://" in hint
+    assert " docs/" not in hint
+    assert "(docs/" not in hint
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,8 @@ def test_domain_events_setting_errors_show_in_check(settings: Any, value: Any) -
 def test_domain_events_checks_are_registered() -> None:
     from django.core import checks
 
-    assert check_domain_events in checks.registry.registry.get_checks()
+    registered: list[Any] = list(checks.registry.registry.get_checks())
+    assert check_domain_events in registered
 
 
 def test_valid_domain_events_setting_passes(settings: Any) -> None:
