@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -8,6 +9,9 @@ class DomainEventsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from domain_events.checks import check_settings
+
+        checks.register(check_settings)
         # Handlers live in each installed app's ``handlers`` module; importing it registers
         # them, as Django does for ``admin`` modules.
         autodiscover_modules("handlers")

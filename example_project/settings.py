@@ -4,6 +4,8 @@ defaults that match a machine running PostgreSQL, RabbitMQ and Redis on localhos
 import os
 from pathlib import Path
 
+from outbox.schedule import beat_schedule
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret")
@@ -75,15 +77,8 @@ OUTBOX = {
 # Celery's own broker is Redis; RabbitMQ carries only the integration events.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_IGNORE_RESULT = True
-# The outbox relay, run by beat every second. Overlapping runs are safe (each claims other
-# rows); "expires" drops runs that queued up while no worker was free.
-CELERY_BEAT_SCHEDULE = {
-    "outbox-publish": {
-        "task": "outbox.tasks.publish_outbox",
-        "schedule": 1.0,
-        "options": {"expires": 10},
-    },
-}
+# The outbox relay every second and the two purges hourly, as the library schedules them.
+CELERY_BEAT_SCHEDULE = beat_schedule()
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.checks import CheckMessage, Error
 from django.core.checks import Warning as CheckWarning
@@ -10,6 +11,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 
 from outbox import conf
+
+# Hints point at the published docs: a repository path means nothing to a user of the wheel.
+DOCS_URL = (
+    "https://github.com/django-transactional-outbox/django-transactional-outbox/blob/main/docs"
+)
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
@@ -32,7 +38,17 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         try:
             conf.get(name)
         except ImproperlyConfigured as error:
-            problems.append(Error(str(error), id="outbox.E001"))
+            # The URL may hold a password: name its type, never its value.
+            message = (
+                'settings.OUTBOX["BROKER_URL"] must be a str (an amqp:// URL), got a'
+                f" {type(conf._options().get(name)).__name__}"
+                if name == "BROKER_URL"
+                else str(error)
+            )
+            problems.append(Error(message, id="outbox.E001"))
+    if not problems:
+        problems.extend(_check_broker_url(conf.get("BROKER_URL")))
+        problems.extend(_check_lease())
     if not problems and not conf.get("BROKER_URL"):
         problems.append(
             CheckWarning(
@@ -63,7 +79,57 @@ def check_database(**kwargs: Any) -> list[CheckMessage]:
             " SKIP LOCKED (run one relay only, never several), no LISTEN/NOTIFY (the relay polls"
             " every POLL_INTERVAL_SECONDS) and throughput is low; per-aggregate order holds on"
             " SQLite, which serializes writers, but not with concurrent writers elsewhere"
-            " (see docs/concepts.md)",
+            f" (see {DOCS_URL}/concepts.md)",
             id="outbox.W002",
+        )
+    ]
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable AMQP URL (scheme amqp/amqps, a host, a numeric port), or
+    None. The message never contains the URL's password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):
+        scheme = parts.scheme or "none"
+        return f"its scheme must be amqp or amqps, got {scheme!r}"
+    if not parts.hostname:
+        return "it names no host"
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        return "its port is not a number from 0 to 65535"
+    return None
+
+
+def _check_broker_url(url: str | None) -> list[CheckMessage]:
+    """outbox.E003: a BROKER_URL that pika cannot use."""
+    if not url:
+        return []
+    problem = broker_url_problem(url)
+    if problem is None:
+        return []
+    return [
+        Error(
+            f'settings.OUTBOX["BROKER_URL"] is not an AMQP URL: {problem}',
+            hint="e.g. amqp://user:password@rabbitmq.example.com:5672/%2F",
+            id="outbox.E003",
+        )
+    ]
+
+
+def _check_lease() -> list[CheckMessage]:
+    """outbox.E004: a lease shorter than the confirm wait lets a second relay claim (and publish
+    again) rows whose confirms the first relay is still waiting for."""
+    lease = conf.get("LEASE_SECONDS")
+    confirm = conf.get("CONFIRM_TIMEOUT_SECONDS")
+    if lease > confirm:
+        return []
+    return [
+        Error(
+            f'settings.OUTBOX["LEASE_SECONDS"] ({lease:g}) must be greater than'
+            f' OUTBOX["CONFIRM_TIMEOUT_SECONDS"] ({confirm:g})',
+            hint="a claim must outlive the wait for the batch's confirms, or another relay"
+            f" republishes the batch; see {DOCS_URL}/settings.md",
+            id="outbox.E004",
         )
     ]

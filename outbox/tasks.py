@@ -1,17 +1,12 @@
 """Celery tasks of the outbox, for Celery beat to schedule. Each is a thin call into the module
 that does the work.
 
-``publish_outbox`` is the relay, every second by default; the purges run hourly or daily::
+``publish_outbox`` is the relay, every second by default; the purges run hourly. The library
+gives the schedule, so a project does not paste it::
 
-    CELERY_BEAT_SCHEDULE = {
-        "outbox-publish": {
-            "task": "outbox.tasks.publish_outbox",
-            "schedule": 1.0,
-            "options": {"expires": 10},
-        },
-        "outbox-purge": {"task": "outbox.tasks.purge_outbox", "schedule": 3600.0},
-        "outbox-purge-inbox": {"task": "outbox.tasks.purge_inbox", "schedule": 3600.0},
-    }
+    from outbox.schedule import beat_schedule
+
+    CELERY_BEAT_SCHEDULE = beat_schedule()
 """
 
 from __future__ import annotations
@@ -26,8 +21,9 @@ from outbox import conf
 from outbox.consumer.inbox import purge_inbox as purge_inbox_records
 from outbox.operations import actions
 from outbox.relay import Relay
+from outbox.schedule import beat_schedule
 
-__all__ = ["publish_outbox", "purge_inbox", "purge_outbox"]
+__all__ = ["beat_schedule", "publish_outbox", "purge_inbox", "purge_outbox"]
 
 logger = logging.getLogger("outbox.relay")
 

@@ -1,8 +1,10 @@
 from typing import Any
 from unittest import mock
 
+import pytest
 from django.db import connections
 
+from domain_events.checks import check_settings as check_domain_events
 from outbox.checks import check_database, check_settings
 
 
@@ -42,3 +44,69 @@ def test_postgresql_passes_and_other_databases_warn() -> None:
         [problem] = check_database()
     assert problem.id == "outbox.W002"
     assert "SKIP LOCKED" in (problem.hint or "")
+
+
+def test_non_string_broker_url_error_never_shows_the_password(settings: Any) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "BROKER_URL": {"url": "amqp://u:s3cret@h/"}}
+    [problem] = check_settings()
+    assert problem.id == "outbox.E001"
+    assert "s3cret" not in problem.msg
+    assert "dict" in problem.msg
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("not a url", "scheme"),
+        ("http://guest:s3cret@127.0.0.1:5672/", "scheme"),
+        ("amqp://guest:s3cret@127.0.0.1:notaport/", "port"),
+        ("amqp://guest:s3cret@:5672/", "host"),
+    ],
+)
+def test_unusable_broker_url_is_an_error(settings: Any, url: str, reason: str) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "BROKER_URL": url}
+    [problem] = check_settings()
+    assert problem.id == "outbox.E003"
+    assert reason in problem.msg
+    assert "s3cret" not in f"{problem.msg} {problem.hint}"
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:guest@127.0.0.1:5672/%2F", "amqps://h.example/v"])
+def test_amqp_urls_pass(settings: Any, url: str) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "BROKER_URL": url}
+    assert check_settings() == []
+
+
+def test_lease_shorter_than_confirm_timeout_is_an_error(settings: Any) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "LEASE_SECONDS": 5, "CONFIRM_TIMEOUT_SECONDS": 10}
+    assert ids(check_settings()) == ["outbox.E004"]
+
+
+def test_check_hints_point_at_urls_not_repository_paths() -> None:
+    with mock.patch.object(connections["default"], "vendor", "sqlite"):
+        [problem] = check_database()
+    hint = str(problem.hint)
+    assert "https://" in hint
+    assert " docs/" not in hint
+    assert "(docs/" not in hint
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["MAX_CASCADE_DEPTH"], {"MAX_CASCADE_DEPT": 3}, {"MAX_CASCADE_DEPTH": "16"}],
+)
+def test_domain_events_setting_errors_show_in_check(settings: Any, value: Any) -> None:
+    settings.DOMAIN_EVENTS = value
+    assert ids(check_domain_events()) == ["domain_events.E001"]
+
+
+def test_domain_events_checks_are_registered() -> None:
+    from django.core import checks
+
+    registered: list[Any] = list(checks.registry.registry.get_checks())
+    assert check_domain_events in registered
+
+
+def test_valid_domain_events_setting_passes(settings: Any) -> None:
+    settings.DOMAIN_EVENTS = {"MAX_CASCADE_DEPTH": 4}
+    assert check_domain_events() == []
