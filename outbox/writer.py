@@ -18,10 +18,11 @@ import psycopg
 from django.db import connections, router, transaction
 
 from outbox import conf, tracing
+from outbox.common.database import is_postgresql
 from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
 from outbox.models import OutboxMessage
-from outbox.relay.store import queries
+from outbox.relay.postgresql import queries
 
 # AMQP "short strings" (routing key, exchange, type) hold at most 255 bytes.
 _SHORT_STRING_BYTES = 255
@@ -157,7 +158,7 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
     outbox rows, and the prepared INSERT does not appear in Django's query log.
     """
     connection = connections[alias]
-    if connection.vendor != "postgresql":  # the named query is PostgreSQL's dialect
+    if not is_postgresql(alias):  # the named query is PostgreSQL's dialect
         row.save(force_insert=True, using=alias)
         return
     parameters: dict[str, Any] = {
