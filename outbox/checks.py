@@ -65,12 +65,13 @@ def check_database(**kwargs: Any) -> list[CheckMessage]:
     """outbox.W002: the outbox table lives on a database that is not PostgreSQL."""
     from django.db import connections
 
+    from outbox.common.database import is_postgresql
     from outbox.models import OutboxMessage
 
     alias = router.db_for_write(OutboxMessage)
-    vendor = connections[alias].vendor
-    if vendor == "postgresql":
+    if is_postgresql(alias):
         return []
+    vendor = connections[alias].vendor
     return [
         CheckWarning(
             f"the outbox table is on a {vendor} database ({alias!r}); the outbox is built for"

@@ -21,10 +21,11 @@ import psycopg
 from django.db import connections, router, transaction
 
 from outbox import conf, tracing, wire
+from outbox.common.database import is_postgresql
 from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
 from outbox.models import OutboxMessage
-from outbox.relay.store import queries
+from outbox.relay.postgresql import queries
 
 _EXCHANGE_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]*$")
 RESERVED_HEADERS = frozenset({wire.AGGREGATE_TYPE_HEADER, wire.AGGREGATE_ID_HEADER})
@@ -172,7 +173,7 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
     outbox rows, and the prepared INSERT does not appear in Django's query log.
     """
     connection = connections[alias]
-    if connection.vendor != "postgresql":  # the named query is PostgreSQL's dialect
+    if not is_postgresql(alias):  # the named query is PostgreSQL's dialect
         row.save(force_insert=True, using=alias)
         return
     parameters: dict[str, Any] = {

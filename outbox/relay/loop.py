@@ -17,33 +17,33 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import psycopg
-from django.db import DatabaseError, connections, router
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from outbox import conf
-from outbox.models import OutboxMessage
+from outbox.common.database import outbox_alias
 from outbox.operations import metrics
-from outbox.relay import store
+from outbox.relay.listener import ReadyListener
 from outbox.relay.publishers import OutgoingMessage, Publisher, PublishOutcome, RabbitMQPublisher
+from outbox.relay.store import (
+    ClaimedMessage,
+    OutboxStore,
+    RetryPolicy,
+    RetryResult,
+    store_for,
+)
 
-__all__ = ["CRASH_AT_ENV", "BatchResult", "DrainResult", "Relay", "RelaySettings"]
+__all__ = ["BatchResult", "DrainResult", "Relay", "RelaySettings"]
 
 logger = logging.getLogger("outbox.relay")
 
-# Tests of crash safety set this in a relay subprocess to have it SIGKILL itself at one of
-# CRASH_POINTS; it has no other use.
-CRASH_AT_ENV = "OUTBOX_RELAY_CRASH_AT"
-CRASH_POINTS = ("after_claim", "after_publish", "after_confirm")
-
-_Claimed = dict[int, store.ClaimedMessage]
+_Claimed = dict[int, ClaimedMessage]
 
 # How often a sleeping worker checks whether it was asked to stop.
 _STOP_CHECK_SECONDS = 0.25
@@ -67,15 +67,23 @@ class RelaySettings:
     def from_settings(cls) -> RelaySettings:
         """Read the current ``settings.OUTBOX``."""
         return cls(
-            batch_size=conf.get("BATCH_SIZE"),
-            lease_seconds=float(conf.get("LEASE_SECONDS")),
-            confirm_timeout=float(conf.get("CONFIRM_TIMEOUT_SECONDS")),
-            max_attempts=conf.get("MAX_ATTEMPTS"),
-            backoff_seconds=float(conf.get("RETRY_BACKOFF_SECONDS")),
-            backoff_max_seconds=float(conf.get("RETRY_BACKOFF_MAX_SECONDS")),
-            poll_interval=float(conf.get("POLL_INTERVAL_SECONDS")),
-            reconnect_backoff_max=float(conf.get("RECONNECT_BACKOFF_MAX_SECONDS")),
-            on_unroutable=conf.get("ON_UNROUTABLE"),
+            batch_size=conf.get_int("BATCH_SIZE"),
+            lease_seconds=conf.get_float("LEASE_SECONDS"),
+            confirm_timeout=conf.get_float("CONFIRM_TIMEOUT_SECONDS"),
+            max_attempts=conf.get_int("MAX_ATTEMPTS"),
+            backoff_seconds=conf.get_float("RETRY_BACKOFF_SECONDS"),
+            backoff_max_seconds=conf.get_float("RETRY_BACKOFF_MAX_SECONDS"),
+            poll_interval=conf.get_float("POLL_INTERVAL_SECONDS"),
+            reconnect_backoff_max=conf.get_float("RECONNECT_BACKOFF_MAX_SECONDS"),
+            on_unroutable=conf.get_str("ON_UNROUTABLE"),
+        )
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry part of these settings, which the store applies."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
         )
 
 
@@ -103,7 +111,9 @@ class DrainResult:
 
 
 class Relay:
-    """Publishes ready outbox rows through ``publisher`` (RabbitMQ unless given one).
+    """Publishes ready outbox rows through ``publisher`` (RabbitMQ unless given one), reading
+    and writing them through ``store`` (``store_for(using)`` unless given one; an injected
+    store brings its own retry policy).
 
     A relay is not thread-safe; run one per thread or process. Any number of relays may run
     against one PostgreSQL database at once: leases keep them off each other's rows and the
@@ -113,6 +123,7 @@ class Relay:
     def __init__(
         self,
         publisher: Publisher | None = None,
+        store: OutboxStore | None = None,
         *,
         settings: RelaySettings | None = None,
         name: str | None = None,
@@ -122,54 +133,43 @@ class Relay:
         self.settings = settings or RelaySettings.from_settings()
         # The lease owner: unique per relay, readable in the table and the logs.
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.using = using or router.db_for_write(OutboxMessage)
-        crash_at = os.environ.get(CRASH_AT_ENV, "")
-        if crash_at and crash_at not in CRASH_POINTS:
-            raise ValueError(f"{CRASH_AT_ENV} must be one of {CRASH_POINTS}, got {crash_at!r}")
-        self._crash_at = crash_at
+        if store is None:
+            store = store_for(outbox_alias(using), retry=self.settings.retry_policy())
+        self.store = store
+        self.using = store.alias
 
     def publish_batch(self) -> BatchResult:
         """Claim one batch, publish it and record the outcome. Database errors propagate."""
         return self._publish(self._claim())
 
-    def _claim(self) -> list[store.ClaimedMessage]:
-        claimed = store.claim(
+    def _claim(self) -> list[ClaimedMessage]:
+        claimed = self.store.claim(
             owner=self.name,
             limit=self.settings.batch_size,
             lease_seconds=self.settings.lease_seconds,
-            using=self.using,
         )
         if claimed:
             by_id = {message.id: message for message in claimed}
             self._log(logging.DEBUG, "claim", by_id, list(by_id), "claimed %d messages")
-            self._crash_here("after_claim")
         return claimed
 
     def _publish(
         self,
-        claimed: list[store.ClaimedMessage],
+        claimed: list[ClaimedMessage],
         while_confirming: Callable[[], None] | None = None,
     ) -> BatchResult:
         """Publish ``claimed`` and settle it; ``while_confirming`` runs once the batch is
         written and the broker is working on the confirms."""
         if not claimed:
             return BatchResult()
-        settings = self.settings
-
-        def after_send() -> None:
-            self._crash_here("after_publish")
-            if while_confirming is not None:
-                while_confirming()
-
         outcome = self.publisher.publish_batch(
             [_outgoing(message) for message in claimed],
-            confirm_timeout=settings.confirm_timeout,
-            after_send=after_send,
+            confirm_timeout=self.settings.confirm_timeout,
+            after_send=while_confirming,
         )
-        self._crash_here("after_confirm")
         return self._settle(claimed, outcome)
 
-    def _settle(self, claimed: list[store.ClaimedMessage], outcome: PublishOutcome) -> BatchResult:
+    def _settle(self, claimed: list[ClaimedMessage], outcome: PublishOutcome) -> BatchResult:
         """Record the broker's answers: one statement per kind of answer."""
         by_id = {message.id: message for message in claimed}
         published = self._settle_confirmed(by_id, outcome.confirmed)
@@ -190,7 +190,7 @@ class Relay:
         )
 
     def _settle_confirmed(self, by_id: _Claimed, confirmed: list[int]) -> int:
-        published = store.mark_published(confirmed, using=self.using)
+        published = self.store.mark_published(confirmed)
         if confirmed:
             confirmed_at = timezone.now()
             metrics.messages_published(published)
@@ -200,7 +200,7 @@ class Relay:
         return published
 
     def _settle_unroutable(self, by_id: _Claimed, unroutable: dict[int, str]) -> int:
-        recorded = store.mark_published_unroutable(unroutable, using=self.using)
+        recorded = self.store.mark_published_unroutable(unroutable)
         if unroutable:
             metrics.messages_published(recorded)
             self._log(
@@ -213,16 +213,8 @@ class Relay:
             )
         return recorded
 
-    def _settle_refused(self, by_id: _Claimed, refused: dict[int, str]) -> store.RetryResult:
-        settings = self.settings
-        retry = store.schedule_retry(
-            refused,
-            owner=self.name,
-            max_attempts=settings.max_attempts,
-            backoff_seconds=settings.backoff_seconds,
-            backoff_max_seconds=settings.backoff_max_seconds,
-            using=self.using,
-        )
+    def _settle_refused(self, by_id: _Claimed, refused: dict[int, str]) -> RetryResult:
+        retry = self.store.schedule_retry(refused, owner=self.name)
         if retry.retried:
             metrics.messages_retried(len(retry.retried))
             self._log(
@@ -240,13 +232,13 @@ class Relay:
                 "fail",
                 by_id,
                 retry.failed,
-                f"%d messages failed after {settings.max_attempts} attempts: %s",
+                f"%d messages failed after {self.store.retry.max_attempts} attempts: %s",
                 refused[retry.failed[0]],
             )
         return retry
 
     def _settle_unanswered(self, by_id: _Claimed, outcome: PublishOutcome) -> int:
-        released = store.release(outcome.unanswered, owner=self.name, using=self.using)
+        released = self.store.release(outcome.unanswered, owner=self.name)
         if outcome.broker_error:
             self._log(
                 logging.WARNING,
@@ -309,7 +301,7 @@ class Relay:
             if following.error is not None:
                 raise following.error
             if result.broker_error is not None:
-                store.release([m.id for m in following.claimed], owner=self.name, using=self.using)
+                self.store.release([m.id for m in following.claimed], owner=self.name)
                 return DrainResult(published, retried, failed, batches, result.broker_error)
             if stopping or result.claimed == 0:
                 return DrainResult(published, retried, failed, batches)
@@ -324,7 +316,7 @@ class Relay:
         retry coming due, waits at most that long). An unreachable broker or database is
         retried with a capped exponential backoff; neither uses up the rows' attempts.
         """
-        listener = store.ReadyListener(self.using)
+        listener = ReadyListener(self.using)
         failures = 0
         try:
             while not should_stop():
@@ -348,16 +340,14 @@ class Relay:
                 failures = 0
                 try:
                     self._wait_for_work(listener, should_stop)
-                except psycopg.Error as error:
+                except DatabaseError as error:
                     failures += 1
                     self._database_lost(error, failures)
                     _sleep_unless_stopped(self._backoff(failures), should_stop)
         finally:
             listener.close()
 
-    def _wait_for_work(
-        self, listener: store.ReadyListener, should_stop: Callable[[], bool]
-    ) -> None:
+    def _wait_for_work(self, listener: ReadyListener, should_stop: Callable[[], bool]) -> None:
         """Return on a notification, after the poll interval, or soon after a stop request
         (the wait is sliced so that SIGTERM is honoured within a fraction of a second)."""
         deadline = time.monotonic() + self.settings.poll_interval
@@ -384,18 +374,14 @@ class Relay:
         ceiling = min(self.settings.reconnect_backoff_max, 0.25 * 2**failures)
         return random.uniform(ceiling / 2, ceiling)
 
-    def _crash_here(self, point: str) -> None:
-        if self._crash_at == point:
-            os.kill(os.getpid(), signal.SIGKILL)
-
 
 class _Prefetch:
     """Claims the next batch when called; a database error is kept for later, so that the
     batch being confirmed is settled before it is raised."""
 
-    def __init__(self, claim: Callable[[], list[store.ClaimedMessage]]) -> None:
+    def __init__(self, claim: Callable[[], list[ClaimedMessage]]) -> None:
         self._claim = claim
-        self.claimed: list[store.ClaimedMessage] = []
+        self.claimed: list[ClaimedMessage] = []
         self.error: DatabaseError | None = None
 
     def __call__(self) -> None:
@@ -405,7 +391,7 @@ class _Prefetch:
             self.error = error
 
 
-def _outgoing(message: store.ClaimedMessage) -> OutgoingMessage:
+def _outgoing(message: ClaimedMessage) -> OutgoingMessage:
     headers = dict(message.headers)
     if message.aggregate_type:
         headers["aggregate_type"] = message.aggregate_type

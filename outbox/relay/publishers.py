@@ -85,7 +85,8 @@ class Publisher(abc.ABC):
         """Send ``messages`` in order and wait up to ``confirm_timeout`` for the answers.
 
         Never raises for broker trouble: it is reported in the outcome. ``after_send`` runs
-        once everything is written and before any confirm is read (a crash-test hook).
+        once everything is written and before any confirm is read: the relay claims its next
+        batch there, while the broker works on the confirms.
         """
 
     @abc.abstractmethod

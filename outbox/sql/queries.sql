@@ -50,9 +50,11 @@ SET lease_owner = %(owner)s,
 -- "= ANY(ARRAY(...))" makes the planner look the claimed ids up by primary key; a join with
 -- the CTE was planned as a hash join over a sequential scan of the whole table.
 WHERE message.id = ANY(ARRAY(SELECT id FROM claimable))
+-- Column names are the fields of outbox.relay.store.ClaimedMessage (read by name).
 RETURNING message.id, message.message_id, message.event_type, message.routing_key,
-    message.exchange, message.aggregate_type, message.aggregate_id, message.payload::text,
-    message.headers::text, message.created_at, message.position, message.attempts;
+    message.exchange, message.aggregate_type, message.aggregate_id,
+    message.payload::text AS payload_json, message.headers::text AS headers,
+    message.created_at, message.position, message.attempts;
 
 -- name: mark_published
 -- Confirmed by the broker: published, whoever holds the lease now (a slow relay whose lease

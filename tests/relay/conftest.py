@@ -81,14 +81,17 @@ def relay_command(*args: str) -> list[str]:
     ]
 
 
-def relay_env(*, crash_at: str = "", **outbox: Any) -> dict[str, str]:
+def crashing_relay_command(crash_at: str) -> list[str]:
+    """A relay that SIGKILLs itself at ``crash_at`` (tests/relay/crashing_relay.py); run it
+    with ``cwd=REPO_ROOT``."""
+    return [sys.executable, "-m", "tests.relay.crashing_relay", crash_at]
+
+
+def relay_env(**outbox: Any) -> dict[str, str]:
     """Environment of a relay subprocess: this test's database, and ``outbox`` settings."""
     env = dict(os.environ)
     env["OUTBOX_DB_NAME"] = str(connection.settings_dict["NAME"])
     env["OUTBOX_TEST_OVERRIDES"] = json.dumps(outbox)
-    env.pop("OUTBOX_RELAY_CRASH_AT", None)
-    if crash_at:
-        env["OUTBOX_RELAY_CRASH_AT"] = crash_at
     return env
 
 

@@ -19,7 +19,14 @@ from outbox.models import OutboxMessage
 from outbox.relay import Relay
 from outbox.relay.publishers import RabbitMQPublisher
 from tests.broker import BoundQueue, connect, rabbitmq_stopped
-from tests.relay.conftest import consume, fast_settings, relay_command, relay_env
+from tests.relay.conftest import (
+    REPO_ROOT,
+    consume,
+    crashing_relay_command,
+    fast_settings,
+    relay_command,
+    relay_env,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,8 +50,9 @@ def write(count: int) -> set[str]:
 def test_a_relay_killed_mid_batch_loses_nothing(exchange: BoundQueue, crash_at: str) -> None:
     written = write(40)
     killed = subprocess.run(
-        relay_command("--once"),
-        env=relay_env(crash_at=crash_at, EXCHANGE=exchange.exchange, LEASE_SECONDS=1),
+        crashing_relay_command(crash_at),
+        env=relay_env(EXCHANGE=exchange.exchange, LEASE_SECONDS=1),
+        cwd=REPO_ROOT,
         capture_output=True,
         timeout=60,
     )

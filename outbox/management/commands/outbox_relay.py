@@ -11,7 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from outbox.relay import Relay, store
+from outbox.common.database import is_postgresql
+from outbox.relay import Relay
 
 logger = logging.getLogger("outbox.relay")
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         relay = Relay()
-        if not store.listens_for_commits(relay.using):
+        if not is_postgresql(relay.using):
             logger.warning(
                 "the outbox is not on PostgreSQL: this relay polls every POLL_INTERVAL_SECONDS"
                 " and must be the only one running (no SKIP LOCKED); fine for development only",

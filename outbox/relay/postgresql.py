@@ -1,0 +1,89 @@
+"""The PostgreSQL store: each operation is one named query of ``outbox/sql/queries.sql``,
+run in autocommit; claims use SKIP LOCKED so that any number of relays can run at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from django.db import connections
+from django.db.backends.utils import CursorWrapper
+
+from outbox.common.sql import load_queries, rows_as
+from outbox.models import OutboxMessage
+from outbox.relay.store import ClaimedMessage, RetryPolicy, RetryResult, refuse_inside_atomic
+
+__all__ = ["PostgreSQLStore", "queries"]
+
+
+def queries() -> dict[str, str]:
+    """The named queries of ``outbox/sql/queries.sql``, by name."""
+    return load_queries("outbox", "sql/queries.sql")
+
+
+@dataclasses.dataclass(frozen=True)
+class _RetriedRow:
+    id: int
+    status: str
+
+
+class PostgreSQLStore:
+    """The named queries: one autocommit statement per operation, SKIP LOCKED claims."""
+
+    def __init__(self, alias: str, *, retry: RetryPolicy) -> None:
+        self.alias = alias
+        self.retry = retry
+
+    def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
+        with self._cursor("claim", owner=owner, limit=limit, lease_seconds=lease_seconds) as c:
+            rows = rows_as(c, ClaimedMessage)
+        # The query returns headers as JSON text (Django leaves jsonb undecoded).
+        claimed = [dataclasses.replace(row, headers=json.loads(str(row.headers))) for row in rows]
+        claimed.sort(key=lambda message: message.position)
+        return claimed
+
+    def mark_published(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        return self._count("mark_published", ids=list(ids))
+
+    def mark_published_unroutable(self, errors: Mapping[int, str]) -> int:
+        if not errors:
+            return 0
+        return self._count(
+            "mark_published_unroutable", ids=list(errors), errors=list(errors.values())
+        )
+
+    def schedule_retry(self, errors: Mapping[int, str], *, owner: str) -> RetryResult:
+        if not errors:
+            return RetryResult([], [])
+        with self._cursor(
+            "schedule_retry",
+            ids=list(errors),
+            errors=list(errors.values()),
+            owner=owner,
+            max_attempts=self.retry.max_attempts,
+            backoff=self.retry.backoff_seconds,
+            backoff_max=self.retry.backoff_max_seconds,
+        ) as cursor:
+            rows = rows_as(cursor, _RetriedRow)
+        failed = sorted(row.id for row in rows if row.status == OutboxMessage.Status.FAILED)
+        retried = sorted(row.id for row in rows if row.status == OutboxMessage.Status.READY)
+        return RetryResult(retried, failed)
+
+    def release(self, ids: Sequence[int], *, owner: str) -> int:
+        if not ids:
+            return 0
+        return self._count("release", ids=list(ids), owner=owner)
+
+    def _cursor(self, name: str, **params: Any) -> CursorWrapper:
+        refuse_inside_atomic(self.alias)
+        cursor: CursorWrapper = connections[self.alias].cursor()
+        cursor.execute(queries()[name], params)
+        return cursor
+
+    def _count(self, name: str, **params: Any) -> int:
+        with self._cursor(name, **params) as cursor:
+            return int(cursor.rowcount)
