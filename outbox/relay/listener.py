@@ -12,7 +12,7 @@ from outbox.common.database import is_postgresql, outbox_alias
 
 __all__ = ["NOTIFY_CHANNEL", "ReadyListener"]
 
-# The channel the AFTER INSERT trigger of migration 0002_relay notifies.
+# The channel the AFTER INSERT trigger of migration 0001_initial notifies.
 NOTIFY_CHANNEL = "outbox_message_ready"
 
 

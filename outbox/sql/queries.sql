@@ -4,7 +4,7 @@
 -- name: insert_message
 -- outbox.publish(): one row, written with this prepared statement rather than Model.save(),
 -- whose per-call SQL compilation cost about as much as the insert itself. The trigger of
--- migration 0002_relay assigns the position, returned with the id.
+-- migration 0001_initial assigns the position, returned with the id.
 INSERT INTO outbox_message (
     message_id, event_type, routing_key, exchange, aggregate_type, aggregate_id,
     ordering_key, payload, headers, status, attempts, next_attempt_at, last_error,
