@@ -26,8 +26,10 @@ from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
 from example_project.shipping.models import Shipment
 from outbox import IncomingMessage, conf, integration_handler
 from outbox.broker import connection_parameters
-from outbox.consumer.loop import ConsumerLoop, Outcome, declare, topology_for
+from outbox.consumer.loop import ConsumerLoop
+from outbox.consumer.processing import Outcome
 from outbox.consumer.registry import registry
+from outbox.consumer.topology import declare, topology_for
 from outbox.models import InboxMessage
 
 WITH_INBOX = "bench-inbox"

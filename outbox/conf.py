@@ -79,7 +79,8 @@ SETTINGS: dict[str, Setting] = {
     "RECONNECT_BACKOFF_MAX_SECONDS": Setting(
         10.0,
         (int, float),
-        "worker: cap on the wait before reconnecting to an unreachable broker or database",
+        "outbox_relay and outbox_consume: cap on the growing wait before reconnecting to an"
+        " unreachable broker or database",
         minimum=0.1,
     ),
     "TASK_TIME_BUDGET_SECONDS": Setting(
@@ -104,7 +105,8 @@ SETTINGS: dict[str, Setting] = {
     "CONSUMER_RECONNECT_DELAY": Setting(
         1.0,
         (int, float),
-        "seconds before reconnecting to RabbitMQ, doubled per failure up to 30",
+        "seconds before outbox_consume reconnects to RabbitMQ, doubled per failure up to"
+        " RECONNECT_BACKOFF_MAX_SECONDS",
         minimum=0.01,
     ),
     "INBOX_RETENTION_DAYS": Setting(

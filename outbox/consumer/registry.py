@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from django.utils.module_loading import autodiscover_modules
 
-from outbox.wire import topic_matches
+from outbox.exceptions import InvalidHandlerError, UnknownConsumerError
+from outbox.wire import SHORT_STRING_BYTES, topic_matches
 
 _CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _PATTERN_WORD = re.compile(r"^(\*|#|[^\s.*#]+)$")
@@ -68,10 +69,6 @@ class ConsumerSpec:
     def handlers_for(self, event_type: str) -> tuple[IntegrationHandler, ...]:
         """The handlers whose pattern matches ``event_type``; empty for an unknown type."""
         return tuple(r.func for r in self.registrations if topic_matches(r.pattern, event_type))
-
-
-class UnknownConsumerError(LookupError):
-    """No handler is registered for the consumer name."""
 
 
 class ConsumerRegistry:
@@ -142,23 +139,25 @@ def load_handlers() -> None:
 
 
 def check_consumer_name(name: object) -> None:
-    """Raise ValueError unless ``name`` can name a consumer (and its queues)."""
+    """Raise ``InvalidHandlerError`` (a ValueError) unless ``name`` can name a consumer (and
+    its queues)."""
     if not isinstance(name, str) or not _CONSUMER_NAME.match(name):
-        raise ValueError(
+        raise InvalidHandlerError(
             "a consumer name is 1-100 letters, digits, '_', '.', '-', starting with a letter or"
             f" digit; got {name!r}"
         )
 
 
 def check_pattern(pattern: object) -> None:
-    """Raise ValueError unless ``pattern`` is an event type or a topic pattern."""
+    """Raise ``InvalidHandlerError`` (a ValueError) unless ``pattern`` is an event type or a
+    topic pattern."""
     if (
         not isinstance(pattern, str)
         or not pattern
-        or len(pattern.encode()) > 255
+        or len(pattern.encode()) > SHORT_STRING_BYTES
         or not all(_PATTERN_WORD.match(word) for word in pattern.split("."))
     ):
-        raise ValueError(
+        raise InvalidHandlerError(
             "an integration handler pattern is an event type or a topic pattern of"
             f" dot-separated words, '*' or '#' (at most 255 bytes); got {pattern!r}"
         )

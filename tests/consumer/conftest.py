@@ -22,7 +22,7 @@ from django.db import connection
 from pika.adapters.blocking_connection import BlockingChannel
 from pytest_django.fixtures import Settings
 
-from outbox.consumer.loop import Topology, declare
+from outbox.consumer.topology import Topology, declare
 from tests.broker import Received, connect
 from tests.consumer import handlers
 from tests.consumer.settings import FAST_RETRIES

@@ -18,19 +18,18 @@ from pytest_django.fixtures import Settings
 
 from domain_events import handler
 from domain_events.registry import HandlerRegistry
-from outbox.consumer.loop import (
+from outbox.consumer.loop import ConsumerLoop, consume
+from outbox.consumer.processing import REASON_HANDLER_FAILED
+from outbox.consumer.registry import registry
+from outbox.models import InboxMessage, OutboxMessage
+from outbox.wire import (
     HEADER_ATTEMPTS,
     HEADER_CONSUMER,
     HEADER_ERROR_MESSAGE,
     HEADER_ERROR_TYPE,
     HEADER_REASON,
     HEADER_ROUTING_KEY,
-    REASON_HANDLER_FAILED,
-    ConsumerLoop,
-    consume,
 )
-from outbox.consumer.registry import registry
-from outbox.models import InboxMessage, OutboxMessage
 from outbox.writer import publish
 from tests.broker import rabbitmq_stopped
 from tests.consumer.conftest import ConsumerBroker

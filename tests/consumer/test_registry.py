@@ -7,7 +7,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from outbox import IncomingMessage, integration_handler
-from outbox.consumer.registry import UnknownConsumerError, registry
+from outbox.consumer.registry import registry
+from outbox.exceptions import InvalidHandlerError, UnknownConsumerError
 from outbox.wire import topic_matches
 
 
@@ -56,7 +57,7 @@ def test_handlers_are_grouped_by_consumer_and_matched_by_event_type() -> None:
     [("", "c"), ("orders..placed", "c"), ("orders placed", "c"), ("o", ""), ("o", "a b")],
 )
 def test_bad_patterns_and_consumer_names_are_refused(pattern: str, consumer: str) -> None:
-    with registry.isolated(), pytest.raises(ValueError, match=r"consumer name|pattern"):
+    with registry.isolated(), pytest.raises(InvalidHandlerError, match=r"consumer name|pattern"):
         integration_handler(pattern, consumer=consumer)(lambda message: None)
 
 

@@ -15,7 +15,8 @@ from example_project.shipping.handlers import CONSUMER
 from example_project.shipping.models import Shipment
 from example_project.shop.models import Stock
 from outbox.common.jsontext import encode
-from outbox.consumer.loop import Topology, consume, declare
+from outbox.consumer.loop import consume
+from outbox.consumer.topology import Topology, declare
 from outbox.models import InboxMessage, OutboxMessage
 from tests.broker import connect
 

@@ -86,7 +86,7 @@ def test_without_a_traceparent_the_consumer_starts_a_new_trace(
 def test_a_consumed_message_is_handled_inside_the_producers_trace(
     spans: InMemorySpanExporter,
 ) -> None:
-    from outbox.consumer.loop import process
+    from outbox.consumer.processing import process
     from outbox.consumer.registry import ConsumerSpec, IncomingMessage, Registration
 
     producer_trace = "0af7651916cd43dd8448eb211c80319c"

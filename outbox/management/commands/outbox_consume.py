@@ -9,8 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from outbox.consumer.loop import ConsumerLoop, declare
-from outbox.consumer.registry import UnknownConsumerError, load_handlers, registry
+from outbox.consumer.loop import ConsumerLoop
+from outbox.consumer.registry import load_handlers, registry
+from outbox.consumer.topology import declare
+from outbox.exceptions import UnknownConsumerError
 
 
 class Command(BaseCommand):

@@ -14,7 +14,8 @@ from django.core.management.base import BaseCommand, CommandError
 from example_project.shipping.handlers import CONSUMER as SHIPPING
 from example_project.shipping.models import Shipment
 from example_project.shop.models import Stock
-from outbox.consumer.loop import consume, declare
+from outbox.consumer.loop import consume
+from outbox.consumer.topology import declare
 from outbox.models import InboxMessage, OutboxMessage
 from outbox.relay import Relay
 
