@@ -11,7 +11,7 @@ from outbox import conf
 def connection_parameters(*, client_name: str) -> pika.URLParameters:
     """pika parameters for ``OUTBOX["BROKER_URL"]``, naming the connection ``client_name`` so
     it can be told apart in the RabbitMQ management UI and ``rabbitmqctl list_connections``."""
-    url = conf.get("BROKER_URL")
+    url = conf.get_optional_str("BROKER_URL")
     if not url:
         raise ImproperlyConfigured(
             'settings.OUTBOX["BROKER_URL"] is not set; the relay and consumers need it'

@@ -116,9 +116,9 @@ def purge_inbox(
     at any point. A message redelivered after its record is purged is processed again.
     """
     if older_than is None:
-        older_than = timedelta(days=conf.get("INBOX_RETENTION_DAYS"))
+        older_than = timedelta(days=conf.get_float("INBOX_RETENTION_DAYS"))
     if batch_size is None:
-        batch_size = conf.get("INBOX_PURGE_BATCH_SIZE")
+        batch_size = conf.get_int("INBOX_PURGE_BATCH_SIZE")
     if older_than < timedelta(0):
         raise ValueError(f"older_than must not be negative, got {older_than}")
     if batch_size < 1:
