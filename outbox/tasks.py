@@ -42,7 +42,7 @@ def publish_outbox(time_budget: float | None = None) -> int:
     tries again.
     """
     relay = _relay()
-    budget = conf.get("TASK_TIME_BUDGET_SECONDS") if time_budget is None else time_budget
+    budget = conf.get_float("TASK_TIME_BUDGET_SECONDS") if time_budget is None else time_budget
     try:
         result = relay.drain(time_budget=budget)
     except DatabaseError as error:

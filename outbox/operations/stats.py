@@ -80,7 +80,7 @@ class OutboxSummary:
 
 def stuck_after() -> timedelta:
     """How long a row may stay ready before it counts as stuck (``OUTBOX["STUCK_AFTER"]``)."""
-    return timedelta(seconds=conf.get("STUCK_AFTER"))
+    return timedelta(seconds=conf.get_int("STUCK_AFTER"))
 
 
 def stuck_condition(now: datetime | None = None) -> Q:
@@ -158,7 +158,7 @@ def summary(using: str | None = None) -> OutboxSummary:
         published=published_count,
         published_is_estimate=is_estimate,
         stuck=unpublished["stuck"],
-        stuck_after_seconds=conf.get("STUCK_AFTER"),
+        stuck_after_seconds=conf.get_int("STUCK_AFTER"),
         oldest_ready_age_seconds=_age_seconds(now, unpublished["oldest_ready"]),
         last_published_at=last_published_at,
         published_last_minute=recent["last_minute"],

@@ -39,7 +39,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         seconds = options["older_than"]
         if seconds is None:
-            seconds = conf.get("RETENTION")
+            seconds = conf.get_int("RETENTION")
         try:
             deleted = actions.purge_published(
                 older_than=timedelta(seconds=seconds),

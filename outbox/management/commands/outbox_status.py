@@ -48,7 +48,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         max_age: float = (
-            options["max_age"] if options["max_age"] is not None else conf.get("STUCK_AFTER")
+            options["max_age"] if options["max_age"] is not None else conf.get_int("STUCK_AFTER")
         )
         try:
             summary = stats.summary()
