@@ -9,7 +9,7 @@ one of them).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from domain_events.events import DomainEvent
 from domain_events.eventsourcing.aggregate import EventSourcedAggregate, applies
@@ -25,6 +25,7 @@ from domain_events.eventsourcing.exceptions import (
 from domain_events.eventsourcing.upcasting import upcaster
 from domain_events.exceptions import CascadeDepthError, DomainEventError, EventTypeConflictError
 from domain_events.registry import handler
+from outbox.common.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from domain_events.aggregates import AggregateRoot
@@ -76,10 +77,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'domain_events' has no attribute {name!r}")
-    from importlib import import_module
-
-    return getattr(import_module(module_name), name)
+__getattr__ = lazy_exports(__name__, _LAZY)

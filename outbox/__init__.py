@@ -6,9 +6,9 @@ cannot be imported while Django is still loading the apps in ``INSTALLED_APPS``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from outbox.common.lazy import lazy_exports
 from outbox.exceptions import (
     InvalidMessageError,
     OutboxError,
@@ -45,8 +45,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module 'outbox' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

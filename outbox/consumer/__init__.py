@@ -14,8 +14,9 @@ imported while Django is still loading the apps.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from outbox.common.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from outbox.consumer.inbox import claim, idempotent, purge_inbox
@@ -50,8 +51,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module 'outbox.consumer' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
