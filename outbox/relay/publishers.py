@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -210,7 +211,12 @@ class RabbitMQPublisher(Publisher):
             for message in messages:
                 if message.key not in sendable:
                     continue
-                self._send(channel, message)
+                properties = _properties(message)
+                if isinstance(properties, str):
+                    # The row's own content is at fault, not the broker: only it is refused.
+                    self._outcome.refused[message.key] = properties
+                    continue
+                self._send(channel, message, properties)
                 sent.append(message.key)
                 if len(sent) % self._FLUSH_EVERY == 0:
                     self._require_connection().process_data_events(0)
@@ -308,15 +314,9 @@ class RabbitMQPublisher(Publisher):
                         )
         return sendable
 
-    def _send(self, channel: BlockingChannel, message: OutgoingMessage) -> None:
-        properties = pika.BasicProperties(
-            message_id=message.message_id,
-            type=message.event_type,
-            content_type=wire.CONTENT_TYPE,
-            delivery_mode=wire.PERSISTENT,
-            timestamp=message.timestamp,
-            headers=message.headers,
-        )
+    def _send(
+        self, channel: BlockingChannel, message: OutgoingMessage, properties: pika.BasicProperties
+    ) -> None:
         _core(channel).basic_publish(
             exchange=message.exchange,
             routing_key=message.routing_key,
@@ -371,6 +371,29 @@ class RabbitMQPublisher(Publisher):
             self._returned[key] = _unroutable_reason(
                 method.exchange or "", method.routing_key or "", method.reply_text or ""
             )
+
+
+def _properties(message: OutgoingMessage) -> pika.BasicProperties | str:
+    """The AMQP properties of ``message``, or why they cannot be encoded.
+
+    They are encoded once here, before a byte of the message is written: a header value AMQP
+    cannot carry (a float, an integer beyond 64 bits, a key over 255 bytes, from a row written
+    around ``publish()``'s checks) would otherwise fail inside pika half-way through a batch
+    and look like a broker outage, stalling every row behind it.
+    """
+    properties = pika.BasicProperties(
+        message_id=message.message_id,
+        type=message.event_type,
+        content_type=wire.CONTENT_TYPE,
+        delivery_mode=wire.PERSISTENT,
+        timestamp=message.timestamp,
+        headers=message.headers,
+    )
+    try:
+        properties.encode()
+    except (pika.exceptions.AMQPError, struct.error, OverflowError, TypeError, ValueError) as error:
+        return f"cannot be encoded as AMQP properties: {_describe(error)}"
+    return properties
 
 
 def _core(channel: BlockingChannel) -> pika.channel.Channel:
