@@ -50,7 +50,7 @@ def test_worker_with_beat_publishes_ready_rows_and_runs_both_purges(
     with celery_worker(tmp_path, exchange=rabbit_queue.exchange) as worker:
         log = worker.log
         received = rabbit_queue.get(3, timeout=60)
-        assert sorted(r.properties.message_id for r in received) == sorted(
+        assert sorted(str(r.properties.message_id) for r in received) == sorted(
             str(m.message_id) for m in ready
         ), log.read_text()[-4000:]
         wait_until(
@@ -85,7 +85,7 @@ def test_worker_with_beat_publishes_ready_rows_and_runs_both_purges(
 
 
 def test_worker_is_stopped_even_when_the_block_fails(tmp_path: Path) -> None:
-    pids = []
+    pids: list[int] = []
 
     def failing_body() -> None:
         with celery_worker(tmp_path, exchange="unused") as worker:
