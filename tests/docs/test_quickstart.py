@@ -19,19 +19,20 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
-import pika
 import psycopg
 import pytest
-import redis
 
-from tests.broker import BROKER_URL
+from tests.docs.cleanup import (
+    POSTGRES,
+    delete_celery_queue,
+    delete_consumer_queues,
+    drop_database,
+)
 from tests.docs.markdown import REPO_ROOT, blocks
 from tests.docs.quickstart_script import PAGE, Isolation, build_script
 from tests.wheel import build_wheel
 
 pytestmark = pytest.mark.slow
-
-RETRY_DELAYS_MS = (1000, 5000, 25000, 125000)  # the consumer defaults, as the page lists them
 
 
 def test_the_quickstart_runs_as_written(tmp_path: Path, isolation: Isolation) -> None:
@@ -70,9 +71,6 @@ def test_the_quickstart_runs_as_written(tmp_path: Path, isolation: Isolation) ->
     assert inbox == [("shipping", "orders.order_placed", 2)]
 
 
-POSTGRES = "host=127.0.0.1 port=5432 user=postgres"
-
-
 @pytest.fixture
 def isolation(tmp_path: Path) -> Iterator[Isolation]:
     """The wheel, and a database, exchange and Celery queue of this run only; all removed
@@ -90,10 +88,8 @@ def isolation(tmp_path: Path) -> Iterator[Isolation]:
         yield chosen
     finally:
         drop_database(chosen.database)
-        delete_broker_objects(chosen.exchange)
-        client = redis.Redis(host="127.0.0.1", port=6379)
-        client.delete(chosen.celery_queue, f"_kombu.binding.{chosen.celery_queue}")
-        client.close()
+        delete_consumer_queues(chosen.exchange, "shipping")
+        delete_celery_queue(chosen.celery_queue)
 
 
 def reader_environment(tmp_path: Path) -> dict[str, str]:
@@ -127,20 +123,3 @@ def stop_leftover_terminals(logs: Path) -> None:
     for pid_file in logs.glob("terminal-*.pid"):
         with suppress(ProcessLookupError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(f"{POSTGRES} dbname=postgres", autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def delete_broker_objects(exchange: str) -> None:
-    queue = f"{exchange}.shipping"
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    try:
-        channel = connection.channel()
-        for name in (queue, f"{queue}.dead", *(f"{queue}.retry.{ms}ms" for ms in RETRY_DELAYS_MS)):
-            channel.queue_delete(name)
-        channel.exchange_delete(exchange)
-    finally:
-        connection.close()
