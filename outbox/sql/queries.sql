@@ -36,72 +36,79 @@ RETURNING id, position;
 -- index, SKIP LOCKED. The two kinds share the batch: each may take half, and either takes
 -- what the other leaves.
 WITH RECURSIVE
-keys_after_cursor(turn, ordering_key) AS (
-    SELECT 1, (
-        SELECT first.ordering_key
-        FROM outbox_message AS first
-        WHERE first.status <> 'published' AND first.ordering_key > %(after)s
-        ORDER BY first.ordering_key
+-- Each step jumps to the next key in the index and reads that key's head.
+keys_after_cursor(turn, ordering_key, head_id, publishable) AS (
+    SELECT 1, first.ordering_key, first.id, first.publishable
+    FROM (
+        SELECT ordering_key, id,
+            status = 'ready'
+            AND next_attempt_at <= now()
+            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        FROM outbox_message
+        WHERE status <> 'published' AND ordering_key > %(after)s
+        ORDER BY ordering_key, position
         LIMIT 1
-    )
+    ) AS first
     UNION ALL
-    SELECT previous.turn + 1, (
-        SELECT following.ordering_key
-        FROM outbox_message AS following
-        WHERE following.status <> 'published'
-          AND following.ordering_key > previous.ordering_key
-        ORDER BY following.ordering_key
-        LIMIT 1
-    )
+    SELECT previous.turn + 1, following.ordering_key, following.id, following.publishable
     FROM keys_after_cursor AS previous
-    WHERE previous.ordering_key IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT ordering_key, id,
+            status = 'ready'
+            AND next_attempt_at <= now()
+            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        FROM outbox_message
+        WHERE status <> 'published' AND ordering_key > previous.ordering_key
+        ORDER BY ordering_key, position
+        LIMIT 1
+    ) AS following
 ),
 -- The second lap, read only when the first did not fill the batch; it ends with the cursor's
 -- own key, whose run may have been cut short by the previous batch.
-keys_up_to_cursor(turn, ordering_key) AS (
-    SELECT 1, (
-        SELECT first.ordering_key
-        FROM outbox_message AS first
-        WHERE first.status <> 'published'
-          AND first.ordering_key > ''
-          AND first.ordering_key <= %(after)s
-        ORDER BY first.ordering_key
+keys_up_to_cursor(turn, ordering_key, head_id, publishable) AS (
+    SELECT 1, first.ordering_key, first.id, first.publishable
+    FROM (
+        SELECT ordering_key, id,
+            status = 'ready'
+            AND next_attempt_at <= now()
+            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        FROM outbox_message
+        WHERE status <> 'published' AND ordering_key > '' AND ordering_key <= %(after)s
+        ORDER BY ordering_key, position
         LIMIT 1
-    )
+    ) AS first
     UNION ALL
-    SELECT previous.turn + 1, (
-        SELECT following.ordering_key
-        FROM outbox_message AS following
-        WHERE following.status <> 'published'
-          AND following.ordering_key > previous.ordering_key
-          AND following.ordering_key <= %(after)s
-        ORDER BY following.ordering_key
-        LIMIT 1
-    )
+    SELECT previous.turn + 1, following.ordering_key, following.id, following.publishable
     FROM keys_up_to_cursor AS previous
-    WHERE previous.ordering_key IS NOT NULL
+    CROSS JOIN LATERAL (
+        SELECT ordering_key, id,
+            status = 'ready'
+            AND next_attempt_at <= now()
+            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        FROM outbox_message
+        WHERE status <> 'published'
+          AND ordering_key > previous.ordering_key
+          AND ordering_key <= %(after)s
+        ORDER BY ordering_key, position
+        LIMIT 1
+    ) AS following
 ),
-visited_keys(lap, turn, ordering_key) AS (
-    SELECT 1, turn, ordering_key FROM keys_after_cursor WHERE ordering_key IS NOT NULL
+-- Keys whose head is publishable, in the order of the walk.
+open_keys(lap, turn, ordering_key, head_id) AS (
+    SELECT 1, turn, ordering_key, head_id FROM keys_after_cursor WHERE publishable
     UNION ALL
-    SELECT 2, turn, ordering_key FROM keys_up_to_cursor WHERE ordering_key IS NOT NULL
+    SELECT 2, turn, ordering_key, head_id FROM keys_up_to_cursor WHERE publishable
 ),
 keyed AS (
     SELECT visited.lap, visited.turn, visited.ordering_key, run.id, run.position
-    FROM visited_keys AS visited
-    CROSS JOIN LATERAL (
-        SELECT head.id
-        FROM outbox_message AS head
-        WHERE head.ordering_key = visited.ordering_key AND head.status <> 'published'
-        ORDER BY head.position
-        LIMIT 1
-    ) AS head
+    FROM open_keys AS visited
     -- Not "the oldest row that is not locked": SKIP LOCKED there would hand out the row
-    -- behind a head another relay holds. The head by id, or nothing for this key.
+    -- behind a head another relay holds. The head by id, re-checked once locked (another
+    -- relay may have leased it since this statement's snapshot), or nothing for this key.
     CROSS JOIN LATERAL (
         SELECT locked.id
         FROM outbox_message AS locked
-        WHERE locked.id = head.id
+        WHERE locked.id = visited.head_id
           AND locked.status = 'ready'
           AND locked.next_attempt_at <= now()
           AND (locked.lease_expires_at IS NULL OR locked.lease_expires_at < now())
