@@ -58,7 +58,7 @@ def fail_heads(aggregate_type: str) -> None:
 def claim_buffers(limit: int = 500) -> int:
     """Pages the claim touches (shared buffers hit or read, EXPLAIN ANALYZE BUFFERS) when run
     from the start of the key walk; the claim's writes are rolled back."""
-    params = {
+    params: dict[str, Any] = {
         "owner": "explain",
         "limit": limit,
         "lease_seconds": 30,

@@ -134,8 +134,8 @@ class StoreContract:
 
     def test_concurrent_claims_never_split_a_run_nor_overlap(self) -> None:
         for n in range(8):
-            for key in range(25):
-                _row(f"{key}-{n}", f"order:{key}")
+            for aggregate in range(25):
+                _row(f"{aggregate}-{n}", f"order:{aggregate}")
         for n in range(20):
             _row(f"free-{n}")
         claims: dict[str, list[ClaimedMessage]] = {}
