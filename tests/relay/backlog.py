@@ -14,8 +14,9 @@ __all__ = ["KEYS_PER_STATEMENT", "fill", "vacuum_analyze"]
 
 # The trigger takes one advisory lock per distinct key and holds it to the end of the
 # statement's transaction; PostgreSQL's shared lock table holds a few thousand at the default
-# max_locks_per_transaction, so a statement writes at most this many keys.
-KEYS_PER_STATEMENT = 2_000
+# max_locks_per_transaction, shared by every session of the server, so a statement writes
+# at most this many keys.
+KEYS_PER_STATEMENT = 500
 
 _INSERT = """
 INSERT INTO outbox_message (
