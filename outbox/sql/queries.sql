@@ -37,26 +37,20 @@ RETURNING id, position;
 -- what the other leaves.
 WITH RECURSIVE
 -- Each step jumps to the next key in the index and reads that key's head.
-keys_after_cursor(turn, ordering_key, head_id, publishable) AS (
-    SELECT 1, first.ordering_key, first.id, first.publishable
+keys_after_cursor(turn, ordering_key, head_id, status, next_attempt_at, lease_expires_at) AS (
+    SELECT 1, first.*
     FROM (
-        SELECT ordering_key, id,
-            status = 'ready'
-            AND next_attempt_at <= now()
-            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        SELECT ordering_key, id, status, next_attempt_at, lease_expires_at
         FROM outbox_message
         WHERE status <> 'published' AND ordering_key > %(after)s
         ORDER BY ordering_key, position
         LIMIT 1
     ) AS first
     UNION ALL
-    SELECT previous.turn + 1, following.ordering_key, following.id, following.publishable
+    SELECT previous.turn + 1, following.*
     FROM keys_after_cursor AS previous
     CROSS JOIN LATERAL (
-        SELECT ordering_key, id,
-            status = 'ready'
-            AND next_attempt_at <= now()
-            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        SELECT ordering_key, id, status, next_attempt_at, lease_expires_at
         FROM outbox_message
         WHERE status <> 'published' AND ordering_key > previous.ordering_key
         ORDER BY ordering_key, position
@@ -65,26 +59,20 @@ keys_after_cursor(turn, ordering_key, head_id, publishable) AS (
 ),
 -- The second lap, read only when the first did not fill the batch; it ends with the cursor's
 -- own key, whose run may have been cut short by the previous batch.
-keys_up_to_cursor(turn, ordering_key, head_id, publishable) AS (
-    SELECT 1, first.ordering_key, first.id, first.publishable
+keys_up_to_cursor(turn, ordering_key, head_id, status, next_attempt_at, lease_expires_at) AS (
+    SELECT 1, first.*
     FROM (
-        SELECT ordering_key, id,
-            status = 'ready'
-            AND next_attempt_at <= now()
-            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        SELECT ordering_key, id, status, next_attempt_at, lease_expires_at
         FROM outbox_message
         WHERE status <> 'published' AND ordering_key > '' AND ordering_key <= %(after)s
         ORDER BY ordering_key, position
         LIMIT 1
     ) AS first
     UNION ALL
-    SELECT previous.turn + 1, following.ordering_key, following.id, following.publishable
+    SELECT previous.turn + 1, following.*
     FROM keys_up_to_cursor AS previous
     CROSS JOIN LATERAL (
-        SELECT ordering_key, id,
-            status = 'ready'
-            AND next_attempt_at <= now()
-            AND (lease_expires_at IS NULL OR lease_expires_at < now()) AS publishable
+        SELECT ordering_key, id, status, next_attempt_at, lease_expires_at
         FROM outbox_message
         WHERE status <> 'published'
           AND ordering_key > previous.ordering_key
@@ -93,15 +81,15 @@ keys_up_to_cursor(turn, ordering_key, head_id, publishable) AS (
         LIMIT 1
     ) AS following
 ),
--- Keys whose head is publishable, in the order of the walk.
-open_keys(lap, turn, ordering_key, head_id) AS (
-    SELECT 1, turn, ordering_key, head_id FROM keys_after_cursor WHERE publishable
+-- Every key in the order of the walk, with its head's state.
+visited_keys AS (
+    SELECT 1 AS lap, * FROM keys_after_cursor
     UNION ALL
-    SELECT 2, turn, ordering_key, head_id FROM keys_up_to_cursor WHERE publishable
+    SELECT 2 AS lap, * FROM keys_up_to_cursor
 ),
 keyed AS (
     SELECT visited.lap, visited.turn, visited.ordering_key, run.id, run.position
-    FROM open_keys AS visited
+    FROM visited_keys AS visited
     -- Not "the oldest row that is not locked": SKIP LOCKED there would hand out the row
     -- behind a head another relay holds. The head by id, re-checked once locked (another
     -- relay may have leased it since this statement's snapshot), or nothing for this key.
@@ -131,6 +119,10 @@ keyed AS (
         ) AS candidate
         WHERE candidate.unbroken
     ) AS run
+    -- A head that is failed, leased or not due blocks its key: nothing more is read for it.
+    WHERE visited.status = 'ready'
+      AND visited.next_attempt_at <= now()
+      AND (visited.lease_expires_at IS NULL OR visited.lease_expires_at < now())
     LIMIT %(limit)s
 ),
 unkeyed AS (
