@@ -45,7 +45,7 @@ class ORMStore:
     def __init__(self, alias: str, *, retry: RetryPolicy, max_per_key: int | None = None) -> None:
         self.alias = alias
         self.retry = retry
-        self.max_per_key = max_per_key if max_per_key is not None else max_per_key_setting()
+        self.max_per_key = max_per_key_setting(max_per_key)
 
     def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         rows = self._rows()
@@ -92,8 +92,11 @@ class ORMStore:
     def _with_runs(self, heads: list[tuple[int, str]], limit: int, now: datetime) -> list[int]:
         """``heads`` (id, ordering key; id order) with each keyed head followed by the rest of
         its run: the key's next unpublished rows in id order while they are ready, due and
-        unleased, ``max_per_key`` rows at most; ``limit`` rows in all."""
-        per_key = min(limit, self.max_per_key or limit)
+        unleased, ``max_per_key`` rows at most; ``limit`` rows in all, every head among them
+        and the spare places going to the oldest heads' runs first."""
+        # Every head has its place in the batch, so no run can be longer than its head plus
+        # the places the heads leave: that also bounds the rows read here.
+        per_key = min(self.max_per_key or limit, limit - len(heads) + 1)
         keys = {key for _, key in heads if key}
         runs: dict[str, list[int]] = {}
         if per_key > 1 and keys:
@@ -117,12 +120,13 @@ class ORMStore:
                 else:
                     ended.add(key)
         chosen: list[int] = []
+        spare = limit - len(heads)  # places left once every head has its own
         for head, key in heads:
             run = runs.get(key, [])
-            # The head read first must still open the run; otherwise it goes alone.
-            chosen.extend((run if run[:1] == [head] else [head])[: limit - len(chosen)])
-            if len(chosen) >= limit:
-                break
+            # The head read first must still open its run; otherwise it goes alone.
+            behind = run[1 : 1 + spare] if run[:1] == [head] else []
+            spare -= len(behind)
+            chosen.extend([head, *behind])
         return chosen
 
     def mark_published(self, ids: Sequence[int]) -> int:

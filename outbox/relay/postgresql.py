@@ -61,7 +61,7 @@ class PostgreSQLStore:
     def __init__(self, alias: str, *, retry: RetryPolicy, max_per_key: int | None = None) -> None:
         self.alias = alias
         self.retry = retry
-        self.max_per_key = max_per_key if max_per_key is not None else max_per_key_setting()
+        self.max_per_key = max_per_key_setting(max_per_key)
         # The last ordering key claimed: the next claim's walk over the keys starts after it.
         self._cursor_key = ""
 

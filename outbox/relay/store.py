@@ -77,9 +77,13 @@ class RetryPolicy:
         )
 
 
-def max_per_key_setting() -> int | None:
-    """``OUTBOX["MAX_PER_KEY"]``: the most rows of one ordering key a claim takes, or None for
-    "as many as the batch holds"."""
+def max_per_key_setting(given: int | None = None) -> int | None:
+    """The most rows of one ordering key a claim takes: ``given``, else
+    ``OUTBOX["MAX_PER_KEY"]``; None means "as many as the batch holds"."""
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"max_per_key must be a positive integer, got {given!r}")
+        return given
     value = conf.get("MAX_PER_KEY")
     if value is not None and not isinstance(value, int):  # pragma: no cover - typed in conf
         raise TypeError('OUTBOX["MAX_PER_KEY"] is not an integer setting')

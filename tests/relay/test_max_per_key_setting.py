@@ -46,3 +46,12 @@ def test_both_stores_read_the_setting_unless_given_a_cap(
 
     assert store_type(connection.alias, retry=_POLICY).max_per_key == 7
     assert store_type(connection.alias, retry=_POLICY, max_per_key=2).max_per_key == 2
+
+
+@pytest.mark.parametrize("store_type", [PostgreSQLStore, ORMStore])
+@pytest.mark.parametrize("cap", [0, -3, True])
+def test_a_cap_that_is_not_a_positive_integer_is_refused(
+    store_type: type[PostgreSQLStore] | type[ORMStore], cap: int
+) -> None:
+    with pytest.raises(ValueError, match="max_per_key must be a positive integer"):
+        store_type(connection.alias, retry=_POLICY, max_per_key=cap)

@@ -119,6 +119,16 @@ class StoreContract:
         positions = [message.position for message in claimed]
         assert positions == sorted(positions)
 
+    def test_a_batch_holds_at_most_the_limit_and_only_prefixes(self, backend: OutboxStore) -> None:
+        rows = [_row(f"{key}{n}", f"order:{key}") for n in range(5) for key in "ABC"]
+
+        claimed = backend.claim(owner="relay-1", limit=4, lease_seconds=30)
+
+        assert len(claimed) == 4
+        for key, ids in _claimed_by_key(claimed).items():
+            of_key = [row.id for row in rows if row.ordering_key == key]
+            assert ids == of_key[: len(ids)], key
+
     def test_a_blocked_key_holds_back_only_itself(self, backend: OutboxStore) -> None:
         _row("failed", "order:F", status=OutboxMessage.Status.FAILED)
         _row("leased", "order:L", lease_owner="x", lease_expires_at=timezone.now() + _HOUR)
