@@ -54,8 +54,9 @@ class OutboxMessage(models.Model):
         db_table = "outbox_message"
         verbose_name = "outbox message"
         indexes = [
-            # The relay's claim scans ready rows in position order. Partial, so the index
-            # stays as small as the backlog however many published rows the table keeps.
+            # Ready rows in position order, for reads of what waits to be published (the
+            # relay's claim itself uses the two indexes below). Partial, so the index stays as
+            # small as the backlog however many published rows the table keeps.
             models.Index(
                 fields=["position"],
                 name="outbox_ready_position_idx",

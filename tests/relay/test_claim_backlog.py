@@ -58,6 +58,13 @@ def fail_heads(aggregate_type: str) -> None:
 def claim_buffers(limit: int = 500) -> int:
     """Pages the claim touches (shared buffers hit or read, EXPLAIN ANALYZE BUFFERS) when run
     from the start of the key walk; the claim's writes are rolled back."""
+    top = explain_claim(limit)
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+def explain_claim(limit: int) -> dict[str, Any]:
+    """The top node of the claim's EXPLAIN (ANALYZE, BUFFERS) plan, run from the start of the
+    key walk with its writes rolled back."""
     params: dict[str, Any] = {
         "owner": "explain",
         "limit": limit,
@@ -70,8 +77,12 @@ def claim_buffers(limit: int = 500) -> int:
         [[document]] = cursor.fetchall()
         transaction.set_rollback(True)
     plan: dict[str, Any] = (json.loads(document) if isinstance(document, str) else document)[0]
-    top = plan["Plan"]
-    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+    top: dict[str, Any] = plan["Plan"]
+    return top
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(child for sub in node.get("Plans", []) for child in plan_nodes(sub))]
 
 
 # -- item 3: the cost follows the batch, not the rows blocked behind heads -------------------
@@ -115,6 +126,17 @@ def test_leased_heads_of_a_million_row_shape_cost_one_probe_each() -> None:
 
     assert claim(store()) == []
     assert touched < 200, f"{touched} pages touched to find nothing"
+
+
+def test_the_walk_over_keys_stops_once_the_batch_is_full() -> None:
+    fill(3_000, 3_000)
+    vacuum_analyze()
+
+    nodes = {node.get("Subplan Name"): node for node in plan_nodes(explain_claim(limit=100))}
+
+    # The recursive CTE is read on demand: about one key per row of the batch, not 3,000.
+    assert nodes["CTE keys_after_cursor"]["Actual Rows"] <= 101
+    assert nodes["CTE keys_up_to_cursor"]["Actual Loops"] == 0  # never started
 
 
 # -- item 4: a hot aggregate drains many rows per round trip ---------------------------------
