@@ -43,6 +43,14 @@ SETTINGS: dict[str, Setting] = {
     "BATCH_SIZE": Setting(
         500, int, "rows one relay claims, publishes and marks per round trip", minimum=1
     ),
+    "MAX_PER_KEY": Setting(
+        None,
+        (int, type(None)),
+        "most rows of one ordering key in one batch, published in order on one channel"
+        " (None: up to BATCH_SIZE; 1: at most one row per key in flight, strict order even"
+        " when the broker refuses a message)",
+        minimum=1,
+    ),
     "LEASE_SECONDS": Setting(
         60.0,
         (int, float),
