@@ -11,14 +11,16 @@ publish to the exchange, so both directions must accept anything the broker let 
   (the seconds as an ``int``, the ``float`` itself) and decode everything else as before.
 - **Re-encoding.** pika decodes values it cannot encode again: a double of 1e19 becomes an
   ``int`` beyond 64 bits, a tolerant timestamp an ``int`` beyond 64 bits or a ``float``.
-  ``sendable_headers()`` turns each top-level header pika cannot encode into its ``str()``
-  text, and if the copy would not fit in one AMQP frame, drops the largest caller headers
-  until it does; a note lists what changed.
+  ``sendable_headers()`` turns each top-level header pika cannot encode into its JSON text
+  (bytes, decimals and dates inside it as their ``str()``), and if the copy would not fit
+  in one AMQP frame, drops the largest caller headers until it does; a note lists what
+  changed.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -80,7 +82,7 @@ def sendable_headers(headers: Mapping[Any, Any]) -> dict[Any, Any]:
     ``wire.HEADER_REWRITTEN``.
 
     Framework headers (``x-outbox-*``) are the consumer's own and always encodable; they are
-    kept as they are. Every other header pika cannot encode is replaced by ``str(value)``;
+    kept as they are. Every other header pika cannot encode is replaced by its JSON text;
     then, if the table is larger than fits in a frame, caller headers are dropped, largest
     first, until it fits.
     """
@@ -91,7 +93,7 @@ def sendable_headers(headers: Mapping[Any, Any]) -> dict[Any, Any]:
         try:
             size = _encoded_size(key, value)
         except Exception:  # pika raises struct.error, TypeError, its own exceptions...
-            value = str(value)
+            value = _as_text(value)
             size = _encoded_size(key, value)
             converted.append(_name(key))
         result[key] = value
@@ -124,6 +126,11 @@ def sendable_headers(headers: Mapping[Any, Any]) -> dict[Any, Any]:
 def _encoded_size(key: Any, value: Any) -> int:
     pieces: list[bytes] = []
     return int(_pika_data.encode_short_string(pieces, key) + _pika_data.encode_value(pieces, value))
+
+
+def _as_text(value: Any) -> str:
+    # JSON rather than str(): no Python-only spellings such as pika's 64-bit ints ("1L").
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def _name(key: Any) -> str:

@@ -312,7 +312,8 @@ class _Session:
         try:
             decoded = decode(self.loop.spec, delivery)
         except Exception as error:
-            decoded = _unexpected(self.loop, delivery, error, "decoding").reason
+            self.loop.settle(channel, delivery, _unexpected(self.loop, delivery, error, "decoding"))
+            return
         if isinstance(decoded, str):
             self.loop.settle(channel, delivery, Outcome("malformed", reason=decoded))
             return

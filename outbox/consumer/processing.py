@@ -98,14 +98,14 @@ def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
         or not isinstance(attempts, int)
         or not 0 <= attempts <= _MAX_ATTEMPTS
     ):
-        return f"{wire.HEADER_ATTEMPTS} header is not a count of attempts: {attempts!r}"[
+        return f"{wire.HEADER_ATTEMPTS} header is not a count of attempts: {_shown(attempts)}"[
             :MAX_ERROR_CHARS
         ]
     timestamp = properties.timestamp
     try:
         sent_at = datetime.fromtimestamp(timestamp, UTC) if timestamp else None
     except (OverflowError, OSError, ValueError, TypeError):
-        return f"timestamp property {timestamp!r} is not a time Python can represent"
+        return f"timestamp property {_shown(timestamp)} is not a time Python can represent"
     routing_key = headers.get(wire.HEADER_ROUTING_KEY)
     return IncomingMessage(
         consumer=spec.name,
@@ -153,6 +153,13 @@ def _content_problem(properties: BasicProperties) -> str:
     if encoding and (not isinstance(encoding, str) or encoding.lower() not in _PLAIN_ENCODINGS):
         return f"content_encoding {encoding!r} is not supported (the body must be plain UTF-8)"
     return ""
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, without the ``L`` of pika's 64-bit ``long`` (an ``int`` subclass)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return repr(int(value))
+    return repr(value)
 
 
 def _header_text(value: object) -> str:
