@@ -4,13 +4,15 @@ on the queue what a Java or Node producer, or an attacker, would."""
 
 from __future__ import annotations
 
+import importlib
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pika.data
+# pika ships no stubs for its field-table codec.
+_pika_data: Any = importlib.import_module("pika.data")
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,16 @@ def long_string(raw: bytes) -> RawField:
 @contextmanager
 def foreign_encoding() -> Iterator[None]:
     """While the block runs, pika writes ``RawField`` header values as they are."""
-    original = pika.data.encode_value
+    original = _pika_data.encode_value
 
     def encode_value(pieces: list[bytes], value: Any) -> int:
         if isinstance(value, RawField):
             pieces.append(value.encoded)
             return len(value.encoded)
-        return original(pieces, value)
+        return int(original(pieces, value))
 
-    pika.data.encode_value = encode_value
+    _pika_data.encode_value = encode_value
     try:
         yield
     finally:
-        pika.data.encode_value = original
+        _pika_data.encode_value = original

@@ -19,7 +19,8 @@ from typing import Any
 import pika
 import pytest
 
-from outbox.consumer import loop as consumer_loop
+from outbox.consumer import processing
+from outbox.consumer import republish as copies
 from outbox.consumer.loop import REASON_UNEXPECTED, ConsumerLoop
 from outbox.consumer.processing import REASON_HANDLER_FAILED
 from outbox.consumer.registry import registry
@@ -244,7 +245,7 @@ def test_header_values_of_every_field_type_survive_retries_and_dead_lettering(
     assert headers["x-far-future"] == 2**62
     # Within a header pika cannot encode, the whole header becomes text.
     assert headers["x-deep-double"] == '[{"price": -10000000000000000000}]'
-    assert headers[b"x-\xff"] == "a header name that is not UTF-8"
+    assert dict(headers)[b"x-\xff"] == "a header name that is not UTF-8"  # type: ignore[index]
     assert "x-deep-double" in str(headers[HEADER_REWRITTEN])
 
 
@@ -321,14 +322,14 @@ def test_a_huge_header_table_goes_through_retries_within_the_frame_size(
 def test_an_unexpected_error_while_decoding_dead_letters_that_message_alone(
     broker: ConsumerBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    decode = consumer_loop.decode
+    decode = processing.decode
 
     def failing_decode(spec: Any, delivery: Any) -> Any:
         if delivery.properties.message_id == "poison":
             raise ZeroDivisionError("a bug in the consumer")
         return decode(spec, delivery)
 
-    monkeypatch.setattr(consumer_loop, "decode", failing_decode)
+    monkeypatch.setattr("outbox.consumer.loop.decode", failing_decode)
 
     dead = dead_lettered_then_good_processed(broker, lambda: broker.send(message_id="poison"))
 
@@ -359,14 +360,14 @@ def test_an_unexpected_error_while_processing_dead_letters_that_message_alone(
 def test_a_copy_that_cannot_be_sent_is_rejected_into_the_dead_letter_queue(
     broker: ConsumerBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    republish = consumer_loop.republish
+    republish = copies.republish
 
     def failing(channel: Any, queue: str, delivery: Any, **kwargs: Any) -> None:
         if delivery.properties.message_id == "poison":
             raise TypeError("cannot encode")
         republish(channel, queue, delivery, **kwargs)
 
-    monkeypatch.setattr(consumer_loop, "republish", failing)
+    monkeypatch.setattr("outbox.consumer.loop.republish", failing)
 
     dead = dead_lettered_then_good_processed(
         broker, lambda: broker.send("other.event", routing_key="test.x", message_id="poison")
