@@ -8,6 +8,7 @@ Only this test's own database goes down (``tests.outages``); the retry ladder is
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ from tests.testapp.models import LogLine
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-OUTAGE_SECONDS = 8.0
+#: The outage of the drain test; set OUTBOX_TEST_OUTAGE_SECONDS to measure others (5 to 30).
+OUTAGE_SECONDS = float(os.environ.get("OUTBOX_TEST_OUTAGE_SECONDS", "8"))
 #: The cap on the wait between two tries of a held message (the shared reconnect cap).
 BACKOFF_CAP_SECONDS = 3.0
 
