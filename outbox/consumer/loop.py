@@ -62,7 +62,10 @@ class ConsumerLoop:
     and be acknowledged; messages prefetched but not started go back to the queue. With
     ``max_messages`` the loop ends after settling that many; with ``until_idle`` once nothing
     has arrived for that many seconds. A lost connection is re-opened with a growing delay,
-    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``.
+    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``; so is a message held while its
+    database is unreachable (``processing.is_database_outage``), which uses no attempt.
+    No message content stops the loop: what cannot be decoded, routed or copied is
+    dead-lettered on its own.
     """
 
     def __init__(
@@ -354,7 +357,7 @@ class _Session:
             # Never run two handlers at once, not even across a reconnect: wait for this
             # one. Its delivery tag dies with the channel; the broker redelivers the
             # message and the inbox skips it if the handler committed.
-            self.in_flight[2].result()
+            self.in_flight[2].exception()  # waits; an error was the message's, not ours
         if self.connection.is_open:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 self.connection.close()
