@@ -268,7 +268,10 @@ class _Session:
         body: bytes,
     ) -> None:
         assert method.delivery_tag is not None
-        delivery = Delivery(method.delivery_tag, method.routing_key or "", properties, body)
+        routing_key = method.routing_key or ""
+        if isinstance(routing_key, bytes):  # pika's form of a key that is not UTF-8
+            routing_key = routing_key.decode("utf-8", errors="replace")
+        delivery = Delivery(method.delivery_tag, routing_key, properties, body)
         self.waiting.append(delivery)
 
     def _on_cancel(self, _frame: object) -> None:
