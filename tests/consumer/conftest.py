@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from django.db import connection
 from pika.adapters.blocking_connection import BlockingChannel
 from pytest_django.fixtures import Settings
 
+from outbox.consumer.loop import ConsumerLoop
+from outbox.consumer.registry import registry
 from outbox.consumer.topology import Topology, declare
 from tests.broker import Received, connect
 from tests.consumer import handlers
@@ -148,6 +152,30 @@ class ConsumerBroker:
                     return
             self.connection.sleep(0.1)
         raise AssertionError(f"{count} consumers did not attach within {timeout}s")
+
+
+@contextmanager
+def consumer_running() -> Iterator[None]:
+    """The recorder's loop runs on a thread for the block; it is stopped afterwards, and must
+    neither have died meanwhile nor fail to stop."""
+    loop = ConsumerLoop(registry.get(handlers.RECORDER))
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run()
+        except BaseException as error:
+            crashed.append(error)
+
+    thread = threading.Thread(target=run, name="recorder-consumer", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert crashed == []
 
 
 @pytest.fixture

@@ -9,21 +9,15 @@ Only this test's own database goes down (``tests.outages``); the retry ladder is
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from django.db import DatabaseError, OperationalError, connection
 from pytest_django.fixtures import Settings
 
-from outbox.consumer.loop import ConsumerLoop
 from outbox.consumer.processing import is_database_outage
-from outbox.consumer.registry import registry
 from outbox.models import InboxMessage
-from tests.consumer.conftest import ConsumerBroker
-from tests.consumer.handlers import RECORDER
+from tests.consumer.conftest import ConsumerBroker, consumer_running
 from tests.outages import database_down, database_down_later
 from tests.testapp.models import LogLine
 
@@ -40,28 +34,6 @@ def consumer_broker(settings: Settings, broker: ConsumerBroker) -> ConsumerBroke
     """The recorder's queues, with the reconnect cap of these tests."""
     settings.OUTBOX = {**settings.OUTBOX, "RECONNECT_BACKOFF_MAX_SECONDS": BACKOFF_CAP_SECONDS}
     return broker
-
-
-@contextmanager
-def consumer_running() -> Iterator[None]:
-    loop = ConsumerLoop(registry.get(RECORDER))
-    crashed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            loop.run()
-        except BaseException as error:
-            crashed.append(error)
-
-    thread = threading.Thread(target=run, name="outage-consumer", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        loop.stop()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert crashed == []
 
 
 def processed(message_ids: list[str]) -> int:
