@@ -3,7 +3,8 @@ message, does not count the attempt, waits with a capped backoff and goes on onc
 is back, so nothing is dead-lettered and the drain is late by about the outage's length.
 
 Only this test's own database goes down (``tests.outages``); the retry ladder is shortened to
-0.2 s + 0.3 s, far shorter than the outages, as 1 + 5 + 25 + 125 s is in production.
+0.2 s + 0.3 s, far shorter than the outages, as 1 + 5 + 25 + 125 s is in production; the
+wait between two tries of a held message is capped by the default RECONNECT_BACKOFF_MAX_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 
 import pytest
 from django.db import DatabaseError, OperationalError, connection
-from pytest_django.fixtures import Settings
 
 from outbox.consumer.processing import is_database_outage
 from outbox.models import InboxMessage
@@ -25,15 +25,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 #: The outage of the drain test; set OUTBOX_TEST_OUTAGE_SECONDS to measure others (5 to 30).
 OUTAGE_SECONDS = float(os.environ.get("OUTBOX_TEST_OUTAGE_SECONDS", "8"))
-#: The cap on the wait between two tries of a held message (the shared reconnect cap).
-BACKOFF_CAP_SECONDS = 3.0
-
-
-@pytest.fixture
-def consumer_broker(settings: Settings, broker: ConsumerBroker) -> ConsumerBroker:
-    """The recorder's queues, with the reconnect cap of these tests."""
-    settings.OUTBOX = {**settings.OUTBOX, "RECONNECT_BACKOFF_MAX_SECONDS": BACKOFF_CAP_SECONDS}
-    return broker
 
 
 def processed(message_ids: list[str]) -> int:
@@ -66,9 +57,8 @@ def assert_each_processed_once(message_ids: list[str]) -> None:
 
 
 def test_an_outage_during_a_drain_delays_it_by_the_outage_and_dead_letters_nothing(
-    consumer_broker: ConsumerBroker,
+    broker: ConsumerBroker,
 ) -> None:
-    broker = consumer_broker
     with consumer_running():
         baseline_ids = send_stream(broker, 80)
         baseline = wait_for(baseline_ids, timeout=60)
@@ -88,9 +78,8 @@ def test_an_outage_during_a_drain_delays_it_by_the_outage_and_dead_letters_nothi
 
 
 def test_messages_arriving_during_an_outage_are_processed_after_it(
-    consumer_broker: ConsumerBroker,
+    broker: ConsumerBroker,
 ) -> None:
-    broker = consumer_broker
     with consumer_running():
         broker.wait_for_consumers(1)
         with database_down_later(str(connection.settings_dict["NAME"]), after=0, for_seconds=6):
@@ -127,9 +116,8 @@ def test_a_refused_connection_is_an_outage() -> None:
 
 
 def test_an_outage_that_breaks_the_open_transaction_costs_no_attempt(
-    consumer_broker: ConsumerBroker,
+    broker: ConsumerBroker,
 ) -> None:
-    broker = consumer_broker
     with consumer_running():
         broker.wait_for_consumers(1)
         # The handler sleeps 3 s in its transaction; 1 s in, the connection is terminated.
