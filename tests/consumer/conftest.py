@@ -27,7 +27,7 @@ from pytest_django.fixtures import Settings
 from outbox.consumer.loop import ConsumerLoop
 from outbox.consumer.registry import registry
 from outbox.consumer.topology import Topology, declare
-from tests.broker import Received, connect
+from tests.broker import Received, connect, rabbitmq_is_up
 from tests.consumer import handlers
 from tests.consumer.settings import FAST_RETRIES
 
@@ -181,6 +181,11 @@ def consumer_running() -> Iterator[None]:
 @pytest.fixture
 def broker(settings: Settings) -> Iterator[ConsumerBroker]:
     """The recorder's queues on a fresh exchange, with fast retries; deleted afterwards."""
+    # Other test runs on this machine restart the shared broker now and then: wait for it
+    # rather than fail (starting it here would break their outage).
+    deadline = time.monotonic() + 90
+    while not rabbitmq_is_up() and time.monotonic() < deadline:
+        time.sleep(0.5)
     exchange = f"test-{uuid.uuid4().hex[:12]}"
     settings.OUTBOX = {**settings.OUTBOX, **FAST_RETRIES, "EXCHANGE": exchange}
     topology = declare(handlers.RECORDER)
