@@ -107,6 +107,12 @@ POISON_PROPERTIES = [
         id="attempts-huge",
     ),
     pytest.param(
+        # A foreign client's double: pika decodes it to the integer 10**19.
+        {"payload": {"fail_attempts": 99}, "headers": {HEADER_ATTEMPTS: double(1e19)}},
+        f"{HEADER_ATTEMPTS} header is not a count of attempts: 10000000000000000000",
+        id="attempts-double",
+    ),
+    pytest.param(
         {"headers": {HEADER_ATTEMPTS: None}},
         f"{HEADER_ATTEMPTS} header is not a count of attempts: None",
         id="attempts-none",
@@ -148,15 +154,16 @@ def test_poison_is_dead_lettered_with_its_reason_and_the_next_message_processed(
     if "headers" in poison:
         properties["headers"] = {"aggregate_type": "test", "aggregate_id": "1", **poison["headers"]}
 
-    dead = dead_lettered_then_good_processed(
-        broker,
-        lambda: broker.send(
-            payload=poison.get("payload"),
-            body=poison.get("body"),
-            properties=properties,
-            message_id="poison",
-        ),
-    )
+    def send() -> None:
+        with foreign_encoding():
+            broker.send(
+                payload=poison.get("payload"),
+                body=poison.get("body"),
+                properties=properties,
+                message_id="poison",
+            )
+
+    dead = dead_lettered_then_good_processed(broker, send)
 
     assert reason_of(dead) == reason
     assert not InboxMessage.objects.filter(message_id="poison").exists()
