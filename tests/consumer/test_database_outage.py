@@ -15,8 +15,9 @@ import time
 import pytest
 from django.db import DatabaseError, OperationalError, connection
 
-from outbox.consumer.processing import is_database_outage
+from outbox.consumer.processing import REASON_HANDLER_FAILED, is_database_outage
 from outbox.models import InboxMessage
+from outbox.wire import HEADER_ATTEMPTS, HEADER_REASON
 from tests.consumer.conftest import ConsumerBroker, consumer_running
 from tests.outages import database_down, database_down_later
 from tests.testapp.models import LogLine
@@ -128,3 +129,21 @@ def test_an_outage_that_breaks_the_open_transaction_costs_no_attempt(
     broker.reconnect()
     assert broker.dead_letters(1, timeout=0.5) == []
     assert_each_processed_once([message_id])
+
+
+def test_a_lost_connection_while_the_database_is_up_uses_the_attempts(
+    broker: ConsumerBroker,
+) -> None:
+    # The handler ends its own backend: not an outage, and holding the message would stop
+    # the stream for good. It is retried and dead-lettered like any failure.
+    with consumer_running():
+        doomed = broker.send(payload={"kill_connection": True})
+        good = broker.send(payload={"n": 1})
+        wait_for([good], timeout=30)
+        [dead] = broker.dead_letters(1, timeout=30)
+
+    headers = dead.properties.headers or {}
+    assert dead.properties.message_id == doomed
+    assert headers[HEADER_REASON] == REASON_HANDLER_FAILED
+    assert headers[HEADER_ATTEMPTS] == 3
+    assert not InboxMessage.objects.filter(message_id=doomed).exists()
