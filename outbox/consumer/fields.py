@@ -9,6 +9,9 @@ publish to the exchange, so both directions must accept anything the broker let 
   lost connection, the message is redelivered and the consumer never gets past it.
   ``install_tolerant_decoding()`` makes pika return the raw number for such a field instead
   (the seconds as an ``int``, the ``float`` itself) and decode everything else as before.
+  The same goes for tables and arrays nested deeper than Python's recursion limit (a frame
+  of 128 KiB holds thousands of levels): the level that overflows decodes to the text
+  ``NESTED_TOO_DEEPLY``.
 - **Re-encoding.** pika decodes values it cannot encode again: a double of 1e19 becomes an
   ``int`` beyond 64 bits, a tolerant timestamp an ``int`` beyond 64 bits or a ``float``.
   ``sendable_headers()`` turns each top-level header pika cannot encode into its JSON text
@@ -27,7 +30,12 @@ from typing import Any
 
 from outbox import wire
 
-__all__ = ["HEADER_FRAME_LIMIT", "install_tolerant_decoding", "sendable_headers"]
+__all__ = [
+    "HEADER_FRAME_LIMIT",
+    "NESTED_TOO_DEEPLY",
+    "install_tolerant_decoding",
+    "sendable_headers",
+]
 
 # pika ships no stubs for its field-table codec.
 _pika_data: Any = importlib.import_module("pika.data")
@@ -48,13 +56,18 @@ _NOTE_BYTES = 4 * _NOTE_CHARS + 64
 # Field types whose value pika converts in a way that can raise: its type octet, the struct
 # format of its payload and the payload's size.
 _FIXED_WIDTH_FIELDS = {b"T": (">Q", 8), b"d": (">d", 8), b"f": (">f", 4)}
+# Field types that nest (table, array); both carry their length in bytes first.
+_NESTING_FIELDS = (b"F", b"A")
+#: What a table or array nested beyond Python's recursion limit decodes to.
+NESTED_TOO_DEEPLY = "<AMQP field nested too deeply to decode>"
 
 _installed: Callable[[bytes, int], tuple[Any, int]] | None = None
 
 
 def install_tolerant_decoding() -> None:
-    """Make pika decode out-of-range timestamps and non-finite floats to the raw number
-    instead of raising. Idempotent; every other field decodes exactly as pika does."""
+    """Make pika decode out-of-range timestamps and non-finite floats to the raw number,
+    and over-deep tables and arrays to ``NESTED_TOO_DEEPLY``, instead of raising.
+    Idempotent; every other field decodes exactly as pika does."""
     global _installed
     if _installed is not None and _pika_data.decode_value is _installed:
         return
@@ -63,6 +76,12 @@ def install_tolerant_decoding() -> None:
     def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
         try:
             return strict(encoded, offset)  # type: ignore[no-any-return]
+        except RecursionError:
+            # Caught at the deepest level first; skipping needs no further Python frames.
+            if encoded[offset : offset + 1] not in _NESTING_FIELDS:
+                raise
+            (length,) = struct.unpack_from(">I", encoded, offset + 1)
+            return NESTED_TOO_DEEPLY, offset + 1 + 4 + length
         except (OverflowError, OSError, ValueError):
             kind = encoded[offset : offset + 1]
             if kind not in _FIXED_WIDTH_FIELDS:
@@ -130,7 +149,10 @@ def _encoded_size(key: Any, value: Any) -> int:
 
 def _as_text(value: Any) -> str:
     # JSON rather than str(): no Python-only spellings such as pika's 64-bit ints ("1L").
-    return json.dumps(value, default=str, ensure_ascii=False)
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)
+    except (RecursionError, ValueError):  # nested about as deep as the recursion limit
+        return NESTED_TOO_DEEPLY
 
 
 def _name(key: Any) -> str:

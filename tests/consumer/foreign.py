@@ -34,6 +34,15 @@ def timestamp(seconds: int) -> RawField:
     return RawField(b"T" + struct.pack(">Q", seconds))
 
 
+def nested_table(depth: int) -> RawField:
+    """A table holding a table ... ``depth`` levels deep (pika itself would recurse)."""
+    inner = b"F" + struct.pack(">I", 0)
+    for _ in range(depth):
+        entry = b"\x01k" + inner
+        inner = b"F" + struct.pack(">I", len(entry)) + entry
+    return RawField(inner)
+
+
 def long_string(raw: bytes) -> RawField:
     """An AMQP long string holding ``raw`` as is (e.g. bytes that are not UTF-8)."""
     return RawField(b"S" + struct.pack(">I", len(raw)) + raw)

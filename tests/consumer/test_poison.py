@@ -19,6 +19,7 @@ import pytest
 
 from outbox.consumer import processing
 from outbox.consumer import republish as copies
+from outbox.consumer.fields import NESTED_TOO_DEEPLY
 from outbox.consumer.loop import REASON_UNEXPECTED, ConsumerLoop
 from outbox.consumer.processing import REASON_HANDLER_FAILED
 from outbox.models import InboxMessage
@@ -30,7 +31,14 @@ from outbox.wire import (
 )
 from tests.broker import Received
 from tests.consumer.conftest import ConsumerBroker, consumer_running
-from tests.consumer.foreign import double, foreign_encoding, long_string, single, timestamp
+from tests.consumer.foreign import (
+    double,
+    foreign_encoding,
+    long_string,
+    nested_table,
+    single,
+    timestamp,
+)
 from tests.testapp.models import LogLine
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -237,6 +245,21 @@ def test_a_timestamp_header_beyond_datetime_does_not_stop_the_consumer(
         while runs_of(good) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert (runs_of(poison), runs_of(good)) == (1, 1)
+
+
+def test_a_header_nested_beyond_the_recursion_limit_is_decoded_as_a_marker(
+    broker: ConsumerBroker,
+) -> None:
+    # pika recurses once per level, fails with RecursionError, and reports a lost connection.
+    headers = headers_after_retries(broker, {"x-deep": nested_table(3000), "x-kept": 1})
+
+    assert headers["x-kept"] == 1
+    # The levels pika could decode are kept; the one that overflowed is the marker.
+    leaf, depth = headers["x-deep"], 0
+    while isinstance(leaf, dict):
+        leaf, depth = leaf["k"], depth + 1
+    assert leaf == NESTED_TOO_DEEPLY
+    assert 100 < depth < 3000
 
 
 def test_a_copy_that_would_not_fit_one_frame_drops_the_largest_headers(
