@@ -107,8 +107,8 @@ SETTINGS: dict[str, Setting] = {
     "CONSUMER_RECONNECT_DELAY": Setting(
         1.0,
         (int, float),
-        "seconds before outbox_consume reconnects to RabbitMQ, doubled per failure up to"
-        " RECONNECT_BACKOFF_MAX_SECONDS",
+        "seconds before outbox_consume reconnects to RabbitMQ, or tries a message again while"
+        " its database is unreachable, doubled per failure up to RECONNECT_BACKOFF_MAX_SECONDS",
         minimum=0.01,
     ),
     "INBOX_RETENTION_DAYS": Setting(
