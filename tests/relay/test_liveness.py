@@ -204,15 +204,12 @@ def timed_drain(queue: BoundQueue, outage: float | None) -> tuple[float, Counter
     """Write ROWS rows with the worker running and time until all reached the queue; with
     ``outage``, the test database goes down 0.3 s after the commit for that many seconds."""
     database = str(connection.settings_dict["NAME"])
-    written: set[str] = set()
+    written = write(ROWS)
+    started = time.monotonic()
     if outage is None:
-        written = write(ROWS)
-        started = time.monotonic()
         seen = receive_all(queue, written, timeout=120)
     else:
         with database_down_later(database, after=0.3, for_seconds=outage):
-            written = write(ROWS)
-            started = time.monotonic()
             seen = receive_all(queue, written, timeout=120 + outage)
         connection.close()  # this thread's connection was cut by the outage
     elapsed = time.monotonic() - started
