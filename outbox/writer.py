@@ -188,9 +188,7 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
         "headers": headers_json,
         "status": row.status,
         "attempts": row.attempts,
-        "next_attempt_at": row.next_attempt_at,
         "last_error": row.last_error,
-        "created_at": row.created_at,
         "published_at": row.published_at,
         "lease_owner": row.lease_owner,
         "lease_expires_at": row.lease_expires_at,
@@ -207,7 +205,9 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
             cursor.execute(queries()["insert_message"], parameters)
             returned = cursor.fetchone()
     assert returned is not None  # INSERT ... RETURNING always returns the row
-    row.id, row.position = returned
+    # Both timestamps are the statement's time by the database clock (the query).
+    row.id, row.position, row.created_at = returned
+    row.next_attempt_at = row.created_at
     row._state.adding = False
     row._state.db = alias
 

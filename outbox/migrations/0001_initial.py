@@ -6,6 +6,7 @@ import uuid
 
 import django.utils.timezone
 from django.db import migrations, models
+from django.db.models.functions import Now
 
 import outbox.common.jsontext
 
@@ -133,9 +134,9 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("attempts", models.PositiveIntegerField(default=0)),
-                ("next_attempt_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("next_attempt_at", models.DateTimeField(db_default=Now())),
                 ("last_error", models.TextField(blank=True, default="")),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("created_at", models.DateTimeField(db_default=Now())),
                 ("published_at", models.DateTimeField(blank=True, null=True)),
                 ("position", models.BigIntegerField(db_default=0, editable=False)),
                 (
