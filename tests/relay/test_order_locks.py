@@ -4,6 +4,7 @@ key still waits for the first to commit, whichever of them is the big one."""
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 from collections.abc import Callable
@@ -92,7 +93,7 @@ def test_a_small_transaction_keeps_one_lock_per_key() -> None:
         assert advisory_locks_held() == 5 + len(buckets)
 
 
-def committed_while(open_transaction: Callable[[], None], writer: Callable[[], None]) -> bool:
+def committed_while(open_transaction: Callable[[], object], writer: Callable[[], None]) -> bool:
     """Run ``writer`` in a thread while ``open_transaction`` runs here, inside a transaction
     kept open 0.7 s after its writes; return whether ``writer`` committed meanwhile."""
     done = threading.Event()
@@ -159,7 +160,7 @@ def test_big_and_small_writers_at_once_neither_deadlock_nor_fail() -> None:
         except BaseException as error:  # reported by the main thread
             errors.append(error)
 
-    threads = [in_thread(lambda seed=seed: writer(seed)) for seed in range(6)]
+    threads = [in_thread(functools.partial(writer, seed)) for seed in range(6)]
     for thread in threads:
         thread.join(120)
     assert errors == []
