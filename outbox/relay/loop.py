@@ -207,16 +207,21 @@ class Relay:
         lease expires, and the relay's own leases are given back instead of waiting for it.
         Every part can be written again safely: each statement only changes rows still in
         the state it expects."""
-        self._unrecorded.append(settlement)
         by_id = settlement.by_id
-        published = self._settle_confirmed(by_id, settlement.confirmed)
-        settlement.confirmed = []
-        published += self._settle_unroutable(by_id, settlement.unroutable)
-        settlement.unroutable = {}
-        retry = self._settle_refused(by_id, settlement.refused)
-        settlement.refused = {}
-        released = self._settle_unanswered(by_id, settlement.unanswered, settlement.broker_error)
-        self._unrecorded.remove(settlement)
+        try:
+            published = self._settle_confirmed(by_id, settlement.confirmed)
+            settlement.confirmed = []
+            published += self._settle_unroutable(by_id, settlement.unroutable)
+            settlement.unroutable = {}
+            retry = self._settle_refused(by_id, settlement.refused)
+            settlement.refused = {}
+            released = self._settle_unanswered(
+                by_id, settlement.unanswered, settlement.broker_error
+            )
+        except DatabaseError:
+            if not any(kept is settlement for kept in self._unrecorded):
+                self._unrecorded.append(settlement)
+            raise
         return BatchResult(
             claimed=settlement.claimed,
             published=published,
@@ -231,13 +236,9 @@ class Relay:
         return the totals (``claimed`` 0: those rows were counted when claimed)."""
         published = retried = failed = released = 0
         while self._unrecorded:
-            leftover = self._unrecorded.pop(0)
-            try:
-                result = self._record(leftover)
-            except DatabaseError:
-                # _record put it back at the end; keep the original order.
-                self._unrecorded.insert(0, self._unrecorded.pop())
-                raise
+            leftover = self._unrecorded[0]
+            result = self._record(leftover)  # on a database error it stays first in line
+            del self._unrecorded[0]
             published += result.published
             retried += result.retried
             failed += result.failed
@@ -268,8 +269,6 @@ class Relay:
         return published
 
     def _settle_unroutable(self, by_id: _Claimed, unroutable: dict[int, str]) -> int:
-        if not unroutable:
-            return 0
         recorded = self.store.mark_published_unroutable(unroutable)
         if unroutable:
             metrics.messages_published(recorded)
@@ -284,8 +283,6 @@ class Relay:
         return recorded
 
     def _settle_refused(self, by_id: _Claimed, refused: dict[int, str]) -> RetryResult:
-        if not refused:
-            return RetryResult([], [])
         retry = self.store.schedule_retry(refused, owner=self.name)
         if retry.retried:
             metrics.messages_retried(len(retry.retried))
