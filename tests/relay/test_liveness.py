@@ -204,21 +204,31 @@ def receive_all(queue: BoundQueue, expected: set[str], timeout: float) -> Counte
     return seen
 
 
-def timed_drain(queue: BoundQueue, outage: float | None) -> tuple[float, Counter[str], set[str]]:
+def timed_drain(
+    queue: BoundQueue, outage: float | None
+) -> tuple[float, Counter[str], set[str], int]:
     """Write ROWS rows with the worker running and time until all reached the queue; with
-    ``outage``, the test database goes down 0.3 s after the commit for that many seconds."""
+    ``outage``, the test database goes down for that many seconds as soon as the worker has
+    marked a few batches, so that the outage lands in the middle of the drain. Returns the
+    drain time, how often each message arrived, the ids written, and how many rows were
+    still unpublished just before the outage."""
     database = str(connection.settings_dict["NAME"])
     written = write(ROWS)
     started = time.monotonic()
+    unpublished = 0
     if outage is None:
         seen = receive_all(queue, written, timeout=120)
     else:
-        with database_down_later(database, after=0.3, for_seconds=outage):
+        published = OutboxMessage.objects.filter(status=Status.PUBLISHED)
+        while published.count() < ROWS // 20 and time.monotonic() - started < 30:
+            time.sleep(0.01)
+        unpublished = ROWS - published.count()
+        with database_down_later(database, after=0, for_seconds=outage):
             seen = receive_all(queue, written, timeout=120 + outage)
         connection.close()  # this thread's connection was cut by the outage
     elapsed = time.monotonic() - started
     late = receive_all(queue, set(), timeout=0.5)  # nothing more should come
-    return elapsed, seen + late, written
+    return elapsed, seen + late, written, unpublished
 
 
 @pytest.mark.slow
@@ -239,17 +249,18 @@ def test_a_database_outage_of_n_seconds_delays_a_drain_by_about_n_seconds(
     assert worker.stdout is not None
     assert b"running" in worker.stdout.readline()
 
-    baseline, seen, written = timed_drain(exchange, outage=None)
+    baseline, seen, written, _ = timed_drain(exchange, outage=None)
     assert set(seen) == written
     assert max(seen.values()) == 1
     OutboxMessage.objects.all().delete()
 
-    elapsed, seen, written = timed_drain(exchange, outage=outage)
+    elapsed, seen, written, unpublished = timed_drain(exchange, outage=outage)
+    assert unpublished > ROWS // 2, "the drain was nearly over before the outage"
     lost = written - set(seen)
     assert not lost, f"{len(lost)} messages lost"
     sent_twice = [message_id for message_id, times in seen.items() if times > 1]
     assert sent_twice == [], f"{len(sent_twice)} messages published twice"
-    assert elapsed > outage, "the outage did not hit the drain"
+    assert elapsed > outage, "the outage did not delay the drain at all"
     # The liveness bound of issue 10: an outage of N seconds costs at most N + 5 seconds.
     assert elapsed <= baseline + outage + 5, (
         f"drain took {elapsed:.1f} s with a {outage:.0f} s outage, {baseline:.1f} s without"
@@ -257,4 +268,7 @@ def test_a_database_outage_of_n_seconds_delays_a_drain_by_about_n_seconds(
     assert OutboxMessage.objects.exclude(status=Status.PUBLISHED).count() == 0
     assert set(OutboxMessage.objects.values_list("attempts", flat=True)) == {0}
     assert worker.poll() is None, "the worker died with the database"
-    print(f"\nrows {ROWS}: no outage {baseline:.2f} s, {outage:.0f} s outage {elapsed:.2f} s")
+    print(
+        f"\nrows {ROWS}: no outage {baseline:.2f} s, {outage:.0f} s outage {elapsed:.2f} s"
+        f" ({unpublished} unpublished when it began)"
+    )
