@@ -5,17 +5,23 @@ key still waits for the first to commit, whichever of them is the big one."""
 from __future__ import annotations
 
 import functools
+import json
 import random
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import F
 
 from outbox import Message, publish, publish_many
 from outbox.models import OutboxMessage
+from outbox.relay.publishers import InMemoryPublisher
 from outbox.writer import order_lock_bucket
+from tests.relay.conftest import memory_relay
 from tests.relay.test_ordering import in_thread
+from tests.testapp.models import Counter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,3 +171,53 @@ def test_big_and_small_writers_at_once_neither_deadlock_nor_fail() -> None:
         thread.join(120)
     assert errors == []
     assert all(not thread.is_alive() for thread in threads)
+
+
+@pytest.mark.slow
+def test_big_and_small_transactions_at_once_keep_commit_order_per_aggregate() -> None:
+    """The pattern of test_ordering's three-relay test, with transactions of 2 and of 120
+    aggregates mixed: the big ones lock buckets, the small ones keys. Each transaction locks
+    its aggregates' counters first, so commit order per aggregate is the counters' order, and
+    the relay must deliver every aggregate's messages in that sequence."""
+    names = [f"agg-{n:03d}" for n in range(200)]
+    Counter.objects.bulk_create(Counter(name=name) for name in names)
+    errors: list[BaseException] = []
+
+    def writer(seed: int, keys_per_transaction: int, transactions: int) -> None:
+        chooser = random.Random(seed)
+        try:
+            for _ in range(transactions):
+                keys = sorted(chooser.sample(names, keys_per_transaction))
+                with transaction.atomic():
+                    counters = list(
+                        Counter.objects.select_for_update().filter(name__in=keys).order_by("name")
+                    )
+                    Counter.objects.filter(name__in=keys).update(value=F("value") + 1)
+                    publish_many(
+                        Message(
+                            "orders.changed",
+                            {"aggregate": c.name, "seq": c.value + 1},
+                            aggregate_type="counter",
+                            aggregate_id=c.name,
+                        )
+                        for c in counters
+                    )
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    plan = [(1, 120, 15), (2, 120, 15), (3, 2, 300), (4, 2, 300), (5, 2, 300)]
+    threads = [in_thread(functools.partial(writer, *arguments)) for arguments in plan]
+    publisher = InMemoryPublisher()
+    relay = memory_relay(publisher)
+    while any(thread.is_alive() for thread in threads):
+        relay.drain()  # publishing while the writers write
+    relay.drain()
+    assert errors == []
+    by_aggregate: dict[str, list[int]] = defaultdict(list)
+    for message in publisher.published:
+        payload = json.loads(message.body)
+        by_aggregate[payload["aggregate"]].append(payload["seq"])
+    final = dict(Counter.objects.values_list("name", "value"))
+    assert sum(final.values()) == len(publisher.published) == 2 * 120 * 15 + 3 * 2 * 300
+    for name, sequence in by_aggregate.items():
+        assert sequence == list(range(1, final[name] + 1)), f"{name} out of order"
