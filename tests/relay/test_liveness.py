@@ -185,9 +185,11 @@ ROWS = 4_000
 OUTAGES = [float(n) for n in os.environ.get("OUTBOX_TEST_OUTAGES", "5,10").split(",")]
 
 
-def receive_all(queue: BoundQueue, expected: set[str], timeout: float) -> Counter[str]:
-    """Read the queue until every id in ``expected`` arrived (or ``timeout``), then a little
-    more to catch duplicates sent late; returns how often each id arrived."""
+def receive_all(
+    queue: BoundQueue, expected: set[str], timeout: float, *, linger: float = 0
+) -> Counter[str]:
+    """Read the queue until every id in ``expected`` arrived (or ``timeout``), then for
+    ``linger`` seconds more; returns how often each id arrived."""
     seen: Counter[str] = Counter()
 
     def on_message(channel: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -199,6 +201,9 @@ def receive_all(queue: BoundQueue, expected: set[str], timeout: float) -> Counte
     try:
         while not expected <= set(seen) and time.monotonic() < deadline:
             queue.connection.process_data_events(0.02)  # type: ignore[arg-type]
+        lingering = time.monotonic() + linger
+        while time.monotonic() < lingering:
+            queue.connection.process_data_events(0.02)  # type: ignore[arg-type]
     finally:
         queue.channel.basic_cancel(tag)
     return seen
@@ -207,9 +212,10 @@ def receive_all(queue: BoundQueue, expected: set[str], timeout: float) -> Counte
 def timed_drain(
     queue: BoundQueue, outage: float | None
 ) -> tuple[float, Counter[str], set[str], int]:
-    """Write ROWS rows with the worker running and time until all reached the queue; with
-    ``outage``, the test database goes down for that many seconds as soon as the worker has
-    marked a few batches, so that the outage lands in the middle of the drain. Returns the
+    """Write ROWS rows with the worker running and time until all reached the queue and are
+    marked published; with ``outage``, the test database goes down for that many seconds as
+    soon as the worker has marked a few batches, so that the outage lands in the middle of
+    the drain. Returns the
     drain time, how often each message arrived, the ids written, and how many rows were
     still unpublished just before the outage."""
     database = str(connection.settings_dict["NAME"])
@@ -221,13 +227,18 @@ def timed_drain(
     else:
         published = OutboxMessage.objects.filter(status=Status.PUBLISHED)
         while published.count() < ROWS // 20 and time.monotonic() - started < 30:
-            time.sleep(0.01)
+            queue.connection.sleep(0.01)
         unpublished = ROWS - published.count()
         with database_down_later(database, after=0, for_seconds=outage):
             seen = receive_all(queue, written, timeout=120 + outage)
         connection.close()  # this thread's connection was cut by the outage
+    # Drained means sent and recorded: a row the broker confirmed but the relay did not mark
+    # is sent again once its lease expires.
+    waiting = OutboxMessage.objects.exclude(status=Status.PUBLISHED)
+    while waiting.exists() and time.monotonic() - started < 120 + (outage or 0):
+        queue.connection.sleep(0.01)  # answers the broker's heartbeats
     elapsed = time.monotonic() - started
-    late = receive_all(queue, set(), timeout=0.5)  # nothing more should come
+    late = receive_all(queue, set(), timeout=0, linger=0.5)  # nothing more should come
     return elapsed, seen + late, written, unpublished
 
 
