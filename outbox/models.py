@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from outbox.common.jsontext import OutboxJSONEncoder
@@ -39,9 +40,12 @@ class OutboxMessage(models.Model):
     headers = models.JSONField(default=dict, blank=True, encoder=OutboxJSONEncoder)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
     attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # Both written by the database's clock (STATEMENT_TIMESTAMP() on PostgreSQL), which is the
+    # clock the relay's claim compares them with: an application server whose clock runs
+    # ahead would otherwise write rows "due in the future" that no relay claims until then.
+    next_attempt_at = models.DateTimeField(db_default=Now())
     last_error = models.TextField(blank=True, default="")
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(db_default=Now())
     published_at = models.DateTimeField(null=True, blank=True)
     # Set by the BEFORE INSERT trigger of migration 0001_initial; the db_default only makes
     # Django leave the column to the database and read the real value back on insert.

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -33,6 +33,9 @@ RESERVED_HEADERS = frozenset({wire.AGGREGATE_TYPE_HEADER, wire.AGGREGATE_ID_HEAD
 _STRING_ENCODED_HEADER_TYPES: tuple[type, ...] = (dt.date, dt.time, dt.timedelta, Decimal, UUID)
 
 AggregateId = str | int | UUID
+# Distinct ordering keys a transaction locks one by one before the insert trigger of
+# migration 0001_initial moves it to bucket locks (the trigger has the same number).
+ORDER_KEY_LOCKS = 32
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,9 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
     """Write many integration events in one INSERT statement and return the rows, in order.
 
     All messages are checked first: if any is invalid, ``InvalidMessageError`` names its
-    position and nothing is written. Rows are inserted grouped by ordering key (the messages
-    of one key keep their order), so their per-key locks are always taken in the same order.
+    position and nothing is written. Rows are inserted grouped by ordering key, in the order
+    of the keys' lock buckets (the messages of one key keep their order), so their locks are
+    always taken in the same order. Any number of aggregates fits in one transaction.
     """
     rows = []
     for position, message in enumerate(messages):
@@ -117,11 +121,36 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
             raise type(error)(f"message {position}: {error}") from error
     alias = _writable_alias(using)
     if rows:
-        # The insert trigger locks each ordering key until commit. Taking the locks in one
-        # global order (sorted by key; stable, so a key's own rows keep their order) means two
-        # batches with overlapping keys wait for each other instead of deadlocking.
-        OutboxMessage.objects.using(alias).bulk_create(sorted(rows, key=attrgetter("ordering_key")))
+        # The insert trigger locks each ordering key (or its bucket) until commit. Taking the
+        # locks in one global order (bucket, then key; stable, so a key's own rows keep their
+        # order) means two batches with overlapping keys wait for each other instead of
+        # deadlocking (migration 0001_initial explains the two levels).
+        if is_postgresql(alias) and len({row.ordering_key for row in rows}) > ORDER_KEY_LOCKS:
+            _lock_buckets_from_now_on(alias)
+        OutboxMessage.objects.using(alias).bulk_create(sorted(rows, key=_lock_order))
     return rows
+
+
+def _lock_buckets_from_now_on(alias: str) -> None:
+    """Have the insert trigger lock buckets, not keys, for the rest of this transaction.
+
+    The trigger switches by itself after ``ORDER_KEY_LOCKS`` keys, but only at a bucket boundary
+    (migration 0001_initial says why), and a sorted batch of many keys can have hundreds in
+    one bucket; switching before the batch keeps it at one lock per bucket.
+    """
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT set_config('outbox.order_locks', 'buckets', true)")
+
+
+def order_lock_bucket(ordering_key: str) -> int:
+    """The lock bucket of ``ordering_key`` (0-255), as the insert trigger computes it
+    (``outbox_order_lock_bucket``: the first byte of the key's MD5)."""
+    return hashlib.md5(ordering_key.encode(), usedforsecurity=False).digest()[0]
+
+
+def _lock_order(row: OutboxMessage) -> tuple[int, str]:
+    key = row.ordering_key
+    return (order_lock_bucket(key) if key else -1, key)
 
 
 def build_row(message: Message) -> OutboxMessage:
@@ -188,9 +217,7 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
         "headers": headers_json,
         "status": row.status,
         "attempts": row.attempts,
-        "next_attempt_at": row.next_attempt_at,
         "last_error": row.last_error,
-        "created_at": row.created_at,
         "published_at": row.published_at,
         "lease_owner": row.lease_owner,
         "lease_expires_at": row.lease_expires_at,
@@ -207,7 +234,9 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
             cursor.execute(queries()["insert_message"], parameters)
             returned = cursor.fetchone()
     assert returned is not None  # INSERT ... RETURNING always returns the row
-    row.id, row.position = returned
+    # Both timestamps are the statement's time by the database clock (the query).
+    row.id, row.position, row.created_at = returned
+    row.next_attempt_at = row.created_at
     row._state.adding = False
     row._state.db = alias
 

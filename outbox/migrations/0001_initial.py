@@ -6,6 +6,7 @@ import uuid
 
 import django.utils.timezone
 from django.db import migrations, models
+from django.db.models.functions import Now
 
 import outbox.common.jsontext
 
@@ -15,6 +16,25 @@ import outbox.common.jsontext
 # therefore commit order per key, which the sequence-assigned id is not. The two-integer lock
 # form keeps these locks out of the single-bigint key space applications use; 1330992216 is
 # b"OUTX". A hash collision between two keys only makes their writers wait for each other.
+#
+# One lock per key would let a transaction that writes many aggregates exhaust PostgreSQL's
+# shared lock table ("out of shared memory" past about max_locks_per_transaction *
+# max_connections locks). So the keys are also grouped in 256 buckets (the first byte of the
+# key's MD5, computable in Python too: publish_many sorts by it), and locking is two-level:
+#   - the first 32 distinct keys of a transaction take the key's lock (exclusive) and then a
+#     SHARED lock on its bucket (1330992194 is b"OUTB"): small writers of different keys never
+#     wait for each other;
+#   - from the 33rd key on, at the first row of a new bucket, the transaction switches to an
+#     EXCLUSIVE lock on each row's bucket instead, which keeps out every other writer of any
+#     key of that bucket, small or big, until it commits.
+# Either way, two writers of one key hold conflicting locks and the second draws its position
+# after the first committed. A transaction holds at most 32 key locks + 256 bucket locks. The
+# key lock is taken before the shared bucket lock, so a one-key writer never holds a bucket
+# lock while it waits: it cannot deadlock with a transaction that moves to buckets. Switching
+# only at a bucket boundary means rows in (bucket, key) order (what publish_many sends) never
+# upgrade a bucket they hold shared, so such batches do not deadlock with each other either.
+# The count lives in a transaction-local setting ("count:last key lock:last bucket"), undone
+# with the transaction or savepoint it was made in, like the locks.
 CREATE_TRIGGERS = """
 -- Room on each page for the claim's lease update: it changes no indexed column, so with free
 -- space on the page it is a HOT update that writes no index entries.
@@ -22,11 +42,46 @@ ALTER TABLE outbox_message SET (fillfactor = 70);
 
 CREATE SEQUENCE outbox_message_position_seq AS bigint;
 
+-- The lock bucket of an ordering key; outbox.writer.order_lock_bucket is the same in Python.
+CREATE FUNCTION outbox_order_lock_bucket(ordering_key text) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT get_byte(decode(md5(ordering_key), 'hex'), 0)
+$$;
+
 CREATE FUNCTION outbox_message_assign_position() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    state text;
+    key_lock integer;
+    bucket integer;
+    keys_locked integer := 0;
+    last_key_lock integer;
+    last_bucket integer;
 BEGIN
     IF NEW.ordering_key <> '' THEN
-        PERFORM pg_advisory_xact_lock(1330992216, hashtext(NEW.ordering_key));
+        bucket := outbox_order_lock_bucket(NEW.ordering_key);
+        state := coalesce(current_setting('outbox.order_locks', true), '');
+        IF state <> '' AND state <> 'buckets' THEN
+            keys_locked := split_part(state, ':', 1)::integer;
+            last_key_lock := split_part(state, ':', 2)::integer;
+            last_bucket := split_part(state, ':', 3)::integer;
+        END IF;
+        IF state = 'buckets' OR (keys_locked >= 32 AND bucket IS DISTINCT FROM last_bucket) THEN
+            IF state <> 'buckets' THEN
+                PERFORM set_config('outbox.order_locks', 'buckets', true);
+            END IF;
+            PERFORM pg_advisory_xact_lock(1330992194, bucket);
+        ELSE
+            key_lock := hashtext(NEW.ordering_key);
+            PERFORM pg_advisory_xact_lock(1330992216, key_lock);
+            PERFORM pg_advisory_xact_lock_shared(1330992194, bucket);
+            IF key_lock IS DISTINCT FROM last_key_lock THEN
+                keys_locked := keys_locked + 1;
+            END IF;
+            PERFORM set_config(
+                'outbox.order_locks', keys_locked || ':' || key_lock || ':' || bucket, true
+            );
+        END IF;
     END IF;
     NEW.position := nextval('outbox_message_position_seq');
     RETURN NEW;
@@ -57,6 +112,7 @@ DROP TRIGGER outbox_message_notify_ready ON outbox_message;
 DROP FUNCTION outbox_message_notify_ready();
 DROP TRIGGER outbox_message_assign_position ON outbox_message;
 DROP FUNCTION outbox_message_assign_position();
+DROP FUNCTION outbox_order_lock_bucket(text);
 DROP SEQUENCE outbox_message_position_seq;
 ALTER TABLE outbox_message RESET (fillfactor);
 """
@@ -133,9 +189,9 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("attempts", models.PositiveIntegerField(default=0)),
-                ("next_attempt_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("next_attempt_at", models.DateTimeField(db_default=Now())),
                 ("last_error", models.TextField(blank=True, default="")),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("created_at", models.DateTimeField(db_default=Now())),
                 ("published_at", models.DateTimeField(blank=True, null=True)),
                 ("position", models.BigIntegerField(db_default=0, editable=False)),
                 (

@@ -15,10 +15,10 @@ from typing import TypeAlias
 
 from django.db import router, transaction
 from django.db.models import Case, F, QuerySet, TextField, Value, When
-from django.db.models.functions import Concat
-from django.utils import timezone
+from django.db.models.functions import Concat, Now
 
 from outbox import conf
+from outbox.common.database import database_now
 from outbox.models import OutboxMessage
 
 __all__ = ["REPLAY_OF_HEADER", "mark_failed", "purge_published", "replay", "retry_now"]
@@ -50,7 +50,8 @@ def retry_now(
     """
 
     def apply(ids: list[int]) -> None:
-        _rows(messages, ids).update(status=Status.READY, attempts=0, next_attempt_at=timezone.now())
+        # Now(): the database's clock, the one the relay's claim compares with.
+        _rows(messages, ids).update(status=Status.READY, attempts=0, next_attempt_at=Now())
 
     changed = _in_batches(messages, {Status.READY, Status.FAILED}, apply, on_batch, batch_size)
     _log("retry_now", changed)
@@ -104,7 +105,7 @@ def replay(
 
     def put_back(ids: list[int]) -> None:
         _rows(messages, ids).update(
-            status=Status.READY, attempts=0, next_attempt_at=timezone.now(), published_at=None
+            status=Status.READY, attempts=0, next_attempt_at=Now(), published_at=None
         )
 
     def insert_copies(ids: list[int]) -> None:
@@ -205,7 +206,8 @@ def purge_published(
     if retention < timedelta(0):
         raise ValueError(f"older_than must not be negative, got {retention}")
     alias = using or router.db_for_write(OutboxMessage)
-    cutoff = timezone.now() - retention
+    # published_at was written by the database's clock; the cutoff is measured on it too.
+    cutoff = database_now(alias) - retention
     # The status test is repeated on the outer DELETE: PostgreSQL re-checks it against a
     # row replayed back to ready between the subquery and the delete, and keeps that row.
     expired = OutboxMessage.objects.using(alias).filter(

@@ -15,9 +15,10 @@ from typing import Any, NamedTuple
 
 from django.db import connections, router
 from django.db.models import Count, Max, Min, Q, QuerySet
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from outbox import conf
+from outbox.common.database import database_now
 from outbox.models import OutboxMessage
 
 # "Is a relay publishing?" looks this far back.
@@ -88,15 +89,16 @@ def stuck_condition(now: datetime | None = None) -> Q:
 
     A ready row's age runs from ``created_at``, not ``next_attempt_at``: while the broker is
     down the relay keeps moving ``next_attempt_at`` into the future, and such a row is exactly
-    the one an operator must see.
+    the one an operator must see. Without ``now`` the age is measured on the database's
+    clock, the one ``created_at`` was written with.
     """
-    now = now or timezone.now()
+    current: datetime | Now = Now() if now is None else now
     # The redundant "not published" lets PostgreSQL use the relay's partial index on
     # unpublished rows instead of scanning a table full of published ones.
     unpublished = ~Q(status=OutboxMessage.Status.PUBLISHED)
     return unpublished & (
         Q(status=OutboxMessage.Status.FAILED)
-        | Q(status=OutboxMessage.Status.READY, created_at__lt=now - stuck_after())
+        | Q(status=OutboxMessage.Status.READY, created_at__lt=current - stuck_after())
     )
 
 
@@ -114,7 +116,7 @@ def backlog(using: str | None = None) -> Backlog:
     Cheap enough to run on every Prometheus scrape: one aggregate over the unpublished rows,
     which the relay's partial index covers.
     """
-    now = timezone.now()
+    now = database_now(_alias(using))
     row = (
         _messages(using)
         .exclude(status=OutboxMessage.Status.PUBLISHED)
@@ -129,8 +131,11 @@ def backlog(using: str | None = None) -> Backlog:
 
 
 def summary(using: str | None = None) -> OutboxSummary:
-    """Read every operational figure of the outbox at once."""
-    now = timezone.now()
+    """Read every operational figure of the outbox at once.
+
+    Ages and windows are measured on the database's clock, which wrote the timestamps: an
+    application server whose clock is off does not make a backlog look fresh or stale."""
+    now = database_now(_alias(using))
     messages = _messages(using)
     unpublished = (
         messages.exclude(status=OutboxMessage.Status.PUBLISHED)
@@ -176,8 +181,12 @@ def estimated_table_rows(using: str | None = None) -> int:
     return max(0, estimate)
 
 
+def _alias(using: str | None) -> str:
+    return using or router.db_for_read(OutboxMessage)
+
+
 def _messages(using: str | None) -> QuerySet[OutboxMessage]:
-    return OutboxMessage.objects.using(using or router.db_for_read(OutboxMessage))
+    return OutboxMessage.objects.using(_alias(using))
 
 
 def _age_seconds(now: datetime, since: datetime | None) -> float | None:

@@ -2,14 +2,17 @@
 
 One batch is three short steps and never holds a database transaction across broker I/O:
 
-1. claim (one autocommit statement): lease up to BATCH_SIZE rows, at most one per ordering key;
+1. claim (one autocommit statement): lease up to BATCH_SIZE rows, each key's run of oldest rows
+   behind its head (up to MAX_PER_KEY; see "How the claim works" in docs/relay.md);
 2. publish the batch with pipelined confirms (``outbox.relay.publishers``);
 3. settle: confirmed rows marked published in one statement, refused rows scheduled for a
    retry (or failed), rows left unanswered by a broker outage released with attempts unchanged.
 
 A crash anywhere leaves leased rows that another relay takes once the lease expires, and a
-re-publish carries the same ``message_id``: delivery is at least once. docs/relay.md has the
-whole story; ``outbox.tasks.publish_outbox`` and ``manage.py outbox_relay`` are thin callers.
+re-publish carries the same ``message_id``: delivery is at least once. A database error while
+settling loses nothing either: the relay keeps what the broker said and writes it first when
+the database answers again, before it claims anything. docs/relay.md has the whole story;
+``outbox.tasks.publish_outbox`` and ``manage.py outbox_relay`` are thin callers.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import DatabaseError, connections
 from django.utils import timezone
@@ -47,6 +50,10 @@ _Claimed = dict[int, ClaimedMessage]
 
 # How often a sleeping worker checks whether it was asked to stop.
 _STOP_CHECK_SECONDS = 0.25
+# Cap on the wait between two attempts to reach a database that stopped answering. A refused
+# connection costs next to nothing, and every second of wait after the database is back adds
+# to the outage: an outage of N seconds then costs at most about N + 2 seconds.
+_DATABASE_RETRY_MAX_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -137,9 +144,15 @@ class Relay:
             store = store_for(outbox_alias(using), retry=self.settings.retry_policy())
         self.store = store
         self.using = store.alias
+        # Broker answers (and rows to give back) that a database error kept from being
+        # written; written before the next claim (see _record_leftovers).
+        self._unrecorded: list[_Settlement] = []
 
     def publish_batch(self) -> BatchResult:
-        """Claim one batch, publish it and record the outcome. Database errors propagate."""
+        """Claim one batch, publish it and record the outcome. Database errors propagate.
+
+        What an earlier database error kept from being recorded is written first."""
+        self._record_leftovers()
         return self._publish(self._claim())
 
     def _claim(self) -> list[ClaimedMessage]:
@@ -171,23 +184,80 @@ class Relay:
 
     def _settle(self, claimed: list[ClaimedMessage], outcome: PublishOutcome) -> BatchResult:
         """Record the broker's answers: one statement per kind of answer."""
-        by_id = {message.id: message for message in claimed}
-        published = self._settle_confirmed(by_id, outcome.confirmed)
         refused = dict(outcome.refused)
+        unroutable: dict[int, str] = {}
         if self.settings.on_unroutable == "record":
-            published += self._settle_unroutable(by_id, outcome.unroutable)
+            unroutable = dict(outcome.unroutable)
         else:
             refused.update(outcome.unroutable)
-        retry = self._settle_refused(by_id, refused)
-        released = self._settle_unanswered(by_id, outcome)
-        return BatchResult(
+        settlement = _Settlement(
+            by_id={message.id: message for message in claimed},
             claimed=len(claimed),
+            confirmed=list(outcome.confirmed),
+            unroutable=unroutable,
+            refused=refused,
+            unanswered=list(outcome.unanswered),
+            broker_error=outcome.broker_error,
+        )
+        return self._record(settlement)
+
+    def _record(self, settlement: _Settlement) -> BatchResult:
+        """Write ``settlement`` part by part. A database error leaves what is not written yet
+        in ``_unrecorded`` (and propagates): the broker's confirms are not forgotten, so the
+        rows are marked once the database is back instead of being sent again after their
+        lease expires, and the relay's own leases are given back instead of waiting for it.
+        Every part can be written again safely: each statement only changes rows still in
+        the state it expects."""
+        by_id = settlement.by_id
+        try:
+            published = self._settle_confirmed(by_id, settlement.confirmed)
+            settlement.confirmed = []
+            published += self._settle_unroutable(by_id, settlement.unroutable)
+            settlement.unroutable = {}
+            retry = self._settle_refused(by_id, settlement.refused)
+            settlement.refused = {}
+            released = self._settle_unanswered(
+                by_id, settlement.unanswered, settlement.broker_error
+            )
+        except DatabaseError:
+            if not any(kept is settlement for kept in self._unrecorded):
+                self._unrecorded.append(settlement)
+            raise
+        return BatchResult(
+            claimed=settlement.claimed,
             published=published,
             retried=len(retry.retried),
             failed=len(retry.failed),
             released=released,
-            broker_error=outcome.broker_error,
+            broker_error=settlement.broker_error,
         )
+
+    def _record_leftovers(self) -> BatchResult:
+        """Write what an earlier database error kept from being recorded, oldest first;
+        return the totals (``claimed`` 0: those rows were counted when claimed)."""
+        published = retried = failed = released = 0
+        while self._unrecorded:
+            leftover = self._unrecorded[0]
+            result = self._record(leftover)  # on a database error it stays first in line
+            del self._unrecorded[0]
+            published += result.published
+            retried += result.retried
+            failed += result.failed
+            released += result.released
+            if leftover.claimed:
+                self._log(
+                    logging.INFO,
+                    "recovered",
+                    leftover.by_id,
+                    list(leftover.by_id),
+                    "database back: recorded the outcome of %d messages settled during the outage",
+                )
+        return BatchResult(0, published, retried, failed, released)
+
+    def _give_back(self, claimed: list[ClaimedMessage]) -> None:
+        """Release rows claimed but never sent; kept for later if the database fails."""
+        if claimed:
+            self._record(_Settlement.unsent(claimed))
 
     def _settle_confirmed(self, by_id: _Claimed, confirmed: list[int]) -> int:
         published = self.store.mark_published(confirmed)
@@ -237,16 +307,18 @@ class Relay:
             )
         return retry
 
-    def _settle_unanswered(self, by_id: _Claimed, outcome: PublishOutcome) -> int:
-        released = self.store.release(outcome.unanswered, owner=self.name)
-        if outcome.broker_error:
+    def _settle_unanswered(
+        self, by_id: _Claimed, unanswered: list[int], broker_error: str | None
+    ) -> int:
+        released = self.store.release(unanswered, owner=self.name)
+        if broker_error:
             self._log(
                 logging.WARNING,
                 "release",
                 by_id,
-                outcome.unanswered,
+                unanswered,
                 "broker unavailable, %d messages released with attempts unchanged: %s",
-                outcome.broker_error,
+                broker_error,
             )
         return released
 
@@ -283,7 +355,11 @@ class Relay:
         """Publish batches until nothing is claimable, the broker fails, ``time_budget``
         seconds have passed, or ``should_stop()`` is true. Database errors propagate."""
         deadline = None if time_budget is None else time.monotonic() + time_budget
-        published = retried = failed = batches = 0
+        # Before any claim: the rows a database error left confirmed-but-unmarked or leased
+        # to this relay are recorded, so none of them waits for its lease or is sent again.
+        carried = self._record_leftovers()
+        published, retried, failed = carried.published, carried.retried, carried.failed
+        batches = 0
         claimed = self._claim()
         while True:
             # The next batch is claimed while the broker confirms this one, so the database
@@ -293,7 +369,15 @@ class Relay:
             stopping = (deadline is not None and time.monotonic() >= deadline) or (
                 should_stop is not None and should_stop()
             )
-            result = self._publish(claimed, None if stopping else following)
+            try:
+                result = self._publish(claimed, None if stopping else following)
+            except DatabaseError:
+                # The prefetched rows were never sent: give them back once the database is
+                # back rather than publish them late, when their lease may have expired and
+                # another relay may already have sent them and later rows of their keys.
+                if following.claimed:
+                    self._unrecorded.append(_Settlement.unsent(following.claimed))
+                raise
             batches += 1
             published += result.published
             retried += result.retried
@@ -301,7 +385,7 @@ class Relay:
             if following.error is not None:
                 raise following.error
             if result.broker_error is not None:
-                self.store.release([m.id for m in following.claimed], owner=self.name)
+                self._give_back(following.claimed)
                 return DrainResult(published, retried, failed, batches, result.broker_error)
             if stopping or result.claimed == 0:
                 return DrainResult(published, retried, failed, batches)
@@ -325,7 +409,7 @@ class Relay:
                 except DatabaseError as error:
                     failures += 1
                     self._database_lost(error, failures)
-                    _sleep_unless_stopped(self._backoff(failures), should_stop)
+                    self._pause(self._database_backoff(failures), should_stop)
                     continue
                 if result.broker_error is not None:
                     failures += 1
@@ -335,7 +419,7 @@ class Relay:
                         delay,
                         extra={"event": "backoff", "relay": self.name, "delay": delay},
                     )
-                    _sleep_unless_stopped(delay, should_stop)
+                    self._pause(delay, should_stop)
                     continue
                 failures = 0
                 try:
@@ -343,7 +427,7 @@ class Relay:
                 except DatabaseError as error:
                     failures += 1
                     self._database_lost(error, failures)
-                    _sleep_unless_stopped(self._backoff(failures), should_stop)
+                    self._pause(self._database_backoff(failures), should_stop)
         finally:
             listener.close()
 
@@ -370,9 +454,50 @@ class Relay:
             extra={"event": "database_error", "relay": self.name, "failures": failures},
         )
 
-    def _backoff(self, failures: int) -> float:
+    def _backoff(self, failures: int, cap: float | None = None) -> float:
         ceiling = min(self.settings.reconnect_backoff_max, 0.25 * 2**failures)
+        if cap is not None:
+            ceiling = min(ceiling, cap)
         return random.uniform(ceiling / 2, ceiling)
+
+    def _database_backoff(self, failures: int) -> float:
+        return self._backoff(failures, cap=_DATABASE_RETRY_MAX_SECONDS)
+
+    def _pause(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        """Sleep ``seconds`` unless stopped, answering RabbitMQ's heartbeats meanwhile (a
+        long database outage must not cost the broker connection as well)."""
+        deadline = time.monotonic() + seconds
+        while not should_stop():
+            self.publisher.keepalive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, _STOP_CHECK_SECONDS))
+
+
+@dataclass
+class _Settlement:
+    """What the broker said about one batch, as the relay still has to record it: each part
+    is emptied once written, so after a database error only the rest is written again."""
+
+    by_id: _Claimed
+    claimed: int
+    confirmed: list[int] = field(default_factory=list)
+    unroutable: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    # Released with attempts unchanged: unanswered in a broker outage, or never sent.
+    unanswered: list[int] = field(default_factory=list)
+    broker_error: str | None = None
+
+    @classmethod
+    def unsent(cls, claimed: list[ClaimedMessage]) -> _Settlement:
+        """Rows claimed and never sent: only to be released (``claimed`` 0, as they are
+        not a batch of their own)."""
+        return cls(
+            by_id={message.id: message for message in claimed},
+            claimed=0,
+            unanswered=[message.id for message in claimed],
+        )
 
 
 class _Prefetch:
@@ -406,12 +531,3 @@ def _outgoing(message: ClaimedMessage) -> OutgoingMessage:
         headers=headers,
         timestamp=int(message.created_at.timestamp()),
     )
-
-
-def _sleep_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + seconds
-    while not should_stop():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        time.sleep(min(remaining, 0.1))

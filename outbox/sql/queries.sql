@@ -4,7 +4,8 @@
 -- name: insert_message
 -- outbox.publish(): one row, written with this prepared statement rather than Model.save(),
 -- whose per-call SQL compilation cost about as much as the insert itself. The trigger of
--- migration 0001_initial assigns the position, returned with the id.
+-- migration 0001_initial assigns the position, returned with the id. The timestamps come from
+-- the database's clock, the one the claim compares them with (the application's may be off).
 INSERT INTO outbox_message (
     message_id, event_type, routing_key, exchange, aggregate_type, aggregate_id,
     ordering_key, payload, headers, status, attempts, next_attempt_at, last_error,
@@ -12,10 +13,10 @@ INSERT INTO outbox_message (
 ) VALUES (
     %(message_id)s, %(event_type)s, %(routing_key)s, %(exchange)s, %(aggregate_type)s,
     %(aggregate_id)s, %(ordering_key)s, %(payload)s::jsonb, %(headers)s::jsonb, %(status)s,
-    %(attempts)s, %(next_attempt_at)s, %(last_error)s, %(created_at)s, %(published_at)s,
-    %(lease_owner)s, %(lease_expires_at)s
+    %(attempts)s, statement_timestamp(), %(last_error)s, statement_timestamp(),
+    %(published_at)s, %(lease_owner)s, %(lease_expires_at)s
 )
-RETURNING id, position;
+RETURNING id, position, created_at;
 
 -- name: claim
 -- Lease up to %(limit)s publishable rows for %(owner)s; the store sorts them by position.
