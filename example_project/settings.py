@@ -79,6 +79,8 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/
 CELERY_TASK_IGNORE_RESULT = True
 # The outbox relay every second and the two purges hourly, as the library schedules them.
 CELERY_BEAT_SCHEDULE = beat_schedule()
+# Tests and benchmarks send their tasks to a private queue of the shared Redis.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 
 LOGGING = {
     "version": 1,

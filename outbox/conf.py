@@ -83,6 +83,12 @@ SETTINGS: dict[str, Setting] = {
         " unreachable broker or database",
         minimum=0.1,
     ),
+    "KICK_ON_COMMIT": Setting(
+        None,
+        (bool, type(None)),
+        "send the publish_outbox Celery task as soon as a transaction that wrote outbox rows"
+        " commits (None: on when Celery is installed and its app has a broker URL)",
+    ),
     "TASK_TIME_BUDGET_SECONDS": Setting(
         10.0,
         (int, float),
@@ -186,6 +192,14 @@ def get_optional_str(name: str) -> str | None:
     value = get(name)
     if value is not None and not isinstance(value, str):  # pragma: no cover
         raise TypeError(f"OUTBOX[{name!r}] is not a text setting")
+    return value
+
+
+def get_optional_bool(name: str) -> bool | None:
+    """``settings.OUTBOX[name]`` for an on/off setting that may be left to auto (``None``)."""
+    value = get(name)
+    if value is not None and not isinstance(value, bool):  # pragma: no cover
+        raise TypeError(f"OUTBOX[{name!r}] is not an on/off setting")
     return value
 
 

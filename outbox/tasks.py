@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import shared_task
 from django.db import DatabaseError, connections
@@ -33,16 +34,22 @@ _local = threading.local()
 
 
 @shared_task(name="outbox.tasks.publish_outbox", ignore_result=True)
-def publish_outbox(time_budget: float | None = None) -> int:
+def publish_outbox(time_budget: float | None = None, kicked_at: float | None = None) -> int:
     """Publish ready outbox rows for up to ``time_budget`` seconds (default
     ``OUTBOX["TASK_TIME_BUDGET_SECONDS"]``) and return how many were published.
 
     Overlapping runs, on one worker or many, are safe: each claims different rows. A broker
     or database outage ends the run early without using up any row's attempts; the next run
-    tries again.
+    tries again. ``kicked_at`` is set by the kick on commit (``outbox.kick``): the time the
+    kick was sent, after the commits it announces. A kick sent before the start of a drain
+    that this worker process completed since is skipped, since that drain has claimed every
+    row those commits wrote; so kicks that queued up behind a long drain cost no claim each.
     """
+    if kicked_at is not None and kicked_at < getattr(_local, "drained_since", float("-inf")):
+        return 0
     relay = _relay()
     budget = conf.get_float("TASK_TIME_BUDGET_SECONDS") if time_budget is None else time_budget
+    started_at, started = time.time(), time.monotonic()
     try:
         result = relay.drain(time_budget=budget)
     except DatabaseError as error:
@@ -51,6 +58,10 @@ def publish_outbox(time_budget: float | None = None) -> int:
         return 0
     if result.broker_error is not None:
         logger.warning("publish_outbox: broker unavailable: %s", result.broker_error)
+    elif time.monotonic() - started < budget:
+        # Within its budget, a drain ends only on an empty claim: nothing committed before
+        # it started is left claimable.
+        _local.drained_since = started_at
     return result.published
 
 

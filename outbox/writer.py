@@ -20,7 +20,7 @@ from uuid import UUID
 import psycopg
 from django.db import connections, router, transaction
 
-from outbox import conf, tracing, wire
+from outbox import conf, kick, tracing, wire
 from outbox.common.database import is_postgresql
 from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
@@ -95,6 +95,7 @@ def publish(
     row, payload_json, headers_json = _prepare(message)
     alias = _writable_alias(using)
     _insert(row, alias, payload_json=payload_json, headers_json=headers_json)
+    _kick_relay_after_commit(alias)
     return row
 
 
@@ -121,6 +122,7 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
         # global order (sorted by key; stable, so a key's own rows keep their order) means two
         # batches with overlapping keys wait for each other instead of deadlocking.
         OutboxMessage.objects.using(alias).bulk_create(sorted(rows, key=attrgetter("ordering_key")))
+        _kick_relay_after_commit(alias)
     return rows
 
 
@@ -210,6 +212,13 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
     row.id, row.position = returned
     row._state.adding = False
     row._state.db = alias
+
+
+def _kick_relay_after_commit(alias: str) -> None:
+    """With ``OUTBOX["KICK_ON_COMMIT"]``, have the Celery relay task sent once this
+    transaction commits (``outbox.kick``), so the rows do not wait for the next beat run."""
+    if kick.enabled():
+        kick.after_commit(alias)
 
 
 def _writable_alias(using: str | None) -> str:
