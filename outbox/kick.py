@@ -58,7 +58,9 @@ class Kicker:
         self._wanted = threading.Event()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.sent = 0  # kicks sent by this process, for tests and benchmarks
+        # Kicks sent by this process, and sends that failed: for tests and benchmarks.
+        self.sent = 0
+        self.failures = 0
 
     def request(self) -> None:
         """Ask for a kick. Never blocks on I/O and never raises."""
@@ -82,6 +84,7 @@ class Kicker:
             try:
                 self._send(time.time())
             except Exception as error:  # the kick is an optimisation: nothing may escape
+                self.failures += 1
                 if not failing:
                     logger.warning(
                         "kick on commit: cannot send publish_outbox (%s); beat publishes"
