@@ -78,7 +78,9 @@ class Process:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
             if time.monotonic() > deadline or self.popen.poll() is not None:
-                raise AssertionError(f"no {text!r} from {self.popen.args}:\n{''.join(self.lines)}")
+                raise AssertionError(
+                    f"no {text!r} from {self.popen.args!r}:\n{''.join(self.lines)}"
+                )
             time.sleep(0.1)
 
     def read_json(self) -> Any:
