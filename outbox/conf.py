@@ -134,6 +134,12 @@ SETTINGS: dict[str, Setting] = {
         "seconds published rows are kept before outbox_purge deletes them",
         minimum=0,
     ),
+    "PURGE_VACUUM": Setting(
+        True,
+        bool,
+        "after a purge that deleted rows, VACUUM (ANALYZE) the table (PostgreSQL) so the space"
+        " is reused even when autovacuum is off or behind",
+    ),
     "PURGE_BATCH_SIZE": Setting(
         1000,
         int,
