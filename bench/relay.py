@@ -1,7 +1,7 @@
 """Relay benchmark on the local services: raw pika limit, relay throughput (worker and Celery
 task), end-to-end latency at a steady write rate, and the write overhead of publish().
 
-    OUTBOX_DB_NAME=outbox_bench .venv/bin/python bench/relay.py [--quick]
+    OUTBOX_DB_NAME=outbox_bench .venv/bin/python bench/relay.py [--quick] [--kick-only]
 
 It works in its own database (created and migrated if missing; the outbox table is emptied
 between phases) and on a private exchange that it deletes at the end. Each phase prints one
@@ -44,6 +44,12 @@ BODY = b'{"order_id":"2f0c3a6e-1d2b-4c55-9a43-5d7f3b1e9c10","sku":"demo-mug","qu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument(
+        "--kick-only",
+        action="store_true",
+        help="only the phases that judge the kick on commit: the three latencies and the two"
+        " write overheads (skips the throughput phases)",
+    )
     options = parser.parse_args()
     logging.getLogger("outbox").setLevel(logging.WARNING)
     # The kick is on by auto here (Celery is configured); only its own phases turn it on, so
@@ -58,14 +64,8 @@ def main() -> None:
     queue = declare_queue()
     print(f"database {connection.settings_dict['NAME']}, exchange {EXCHANGE}; {cpu_note()}")
     try:
-        raw = raw_pika_rate(rows, queue)
-        print(f"raw pika, pipelined confirms:       {raw:8.0f} msg/s")
-        worker = relay_rate(rows, queue)
-        print(
-            f"relay, one process:                 {worker:8.0f} msg/s  ({worker / raw:.0%} of raw)"
-        )
-        task = celery_task_rate(rows, queue)
-        print(f"relay, Celery task path:            {task:8.0f} msg/s  ({task / raw:.0%} of raw)")
+        if not options.kick_only:
+            throughput(rows, queue)
         low = latency(["outbox_relay"], latency_seconds, queue)
         print(f"latency, outbox_relay worker:       {format_latency(low)}")
         with kick_on_commit(False):
@@ -90,10 +90,23 @@ def main() -> None:
         delete_queue(queue)
         delete_celery_queue()
     print()
-    print(f"targets: relay >= 50% of raw ({worker / raw:.0%}), low-latency p50 <= 15 ms")
-    print(f"({low[0]:.1f}), p99 <= 100 ms ({low[2]:.1f}), write overhead <= 1.5x ({ratio:.2f}x);")
+    print(f"targets: low-latency p50 <= 15 ms ({low[0]:.1f}), p99 <= 100 ms ({low[2]:.1f}),")
+    print(f"write overhead <= 1.5x ({ratio:.2f}x);")
     print(f"Celery + kick p50 <= 20 ms ({kicked[0]:.1f}), p99 <= 100 ms ({kicked[2]:.1f}),")
     print(f"write overhead with the kick <= 1.5x ({kicked_ratio:.2f}x)")
+
+
+def throughput(rows: int, queue: str) -> None:
+    """The three throughput phases; target: the relay at >= 50% of raw pika."""
+    raw = raw_pika_rate(rows, queue)
+    print(f"raw pika, pipelined confirms:       {raw:8.0f} msg/s")
+    worker = relay_rate(rows, queue)
+    print(
+        f"relay, one process:                 {worker:8.0f} msg/s  ({worker / raw:.0%} of raw,"
+        " target >= 50%)"
+    )
+    task = celery_task_rate(rows, queue)
+    print(f"relay, Celery task path:            {task:8.0f} msg/s  ({task / raw:.0%} of raw)")
 
 
 @contextmanager
