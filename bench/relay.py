@@ -208,15 +208,18 @@ def fill_outbox(count: int, aggregates: int = 10_000) -> None:
     empty_outbox()
     for start in range(0, count, 2_000):
         with transaction.atomic():
-            publish_many(
-                Message(
-                    "orders.order_placed",
-                    {"order_id": n, "sku": "demo-mug", "quantity": 2},
-                    aggregate_type="order",
-                    aggregate_id=n % aggregates,
-                )
-                for n in range(start, min(start + 2_000, count))
-            )
+            publish_many(order_messages(range(start, min(start + 2_000, count)), aggregates))
+
+
+def order_messages(numbers: range, aggregates: int = 10_000) -> Iterator[Message]:
+    """One "order placed" message per number, over ``aggregates`` orders (keys interleaved)."""
+    for n in numbers:
+        yield Message(
+            "orders.order_placed",
+            {"order_id": n, "sku": "demo-mug", "quantity": 2},
+            aggregate_type="order",
+            aggregate_id=n % aggregates,
+        )
 
 
 def empty_outbox() -> None:

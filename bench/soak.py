@@ -40,8 +40,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
 from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
+from relay import order_messages  # bench/relay.py: the same messages and helpers
+from relay import stop as stop_process
 
-from outbox import Message, publish_many, tasks
+from outbox import publish_many, tasks
 from outbox.broker import connection_parameters
 from outbox.relay import Relay
 from outbox.relay.publishers import InMemoryPublisher
@@ -96,7 +98,7 @@ def main() -> int:
     )
     counters = Counters()
     stop = threading.Event()
-    stop_relay = start_relay(options.publisher, stop)
+    stop_relay = start_relay(options.publisher)
     threads = [
         threading.Thread(target=write, args=(options, index, counters, stop), daemon=True)
         for index in range(options.writers)
@@ -158,15 +160,7 @@ def write(
         while not stop.is_set():
             try:
                 with transaction.atomic():
-                    publish_many(
-                        Message(
-                            "orders.order_placed",
-                            {"order_id": n, "sku": "demo-mug", "quantity": 2},
-                            aggregate_type="order",
-                            aggregate_id=n % 10_000,
-                        )
-                        for n in range(number, number + options.batch)
-                    )
+                    publish_many(order_messages(range(number, number + options.batch)))
             except Exception as error:  # keep soaking; the count shows in the summary
                 with counters.lock:
                     counters.write_errors += 1
@@ -196,7 +190,7 @@ def purge(options: argparse.Namespace, counters: Counters, stop: threading.Event
         connection.close()
 
 
-def start_relay(publisher: str, stop: threading.Event) -> Callable[[], None]:
+def start_relay(publisher: str) -> Callable[[], None]:
     """Start the relay; return the function that stops it."""
     if publisher == "rabbitmq":
         # Its warnings and errors go to a file named in the summary, not over the samples.
@@ -212,15 +206,7 @@ def start_relay(publisher: str, stop: threading.Event) -> Callable[[], None]:
                 stderr=subprocess.STDOUT,
             )
 
-        def stop_process() -> None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-        return stop_process
+        return lambda: stop_process(process)
 
     memory = InMemoryPublisher()
     relay = Relay(memory)

@@ -4,6 +4,7 @@ claim, a later one drains (real PostgreSQL and RabbitMQ, the task run in-process
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from django.db import transaction
@@ -16,6 +17,19 @@ from tests.relay.conftest import consume, exchange
 __all__ = ["exchange"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_task_relay() -> Iterator[None]:
+    """The task keeps its relay (and RabbitMQ connection) per thread: close it afterwards, so
+    later tests start from a fresh one, as they would without these tests."""
+    yield
+    relay = getattr(tasks._local, "relay", None)
+    if relay is not None:
+        relay.close()
+    for name in ("relay", "claims", "drained_since"):
+        if hasattr(tasks._local, name):
+            delattr(tasks._local, name)
 
 
 def ready() -> int:
@@ -47,7 +61,6 @@ def test_a_kick_after_an_unfinished_drain_is_not_skipped(exchange: BoundQueue) -
             publish("orders.placed", {"n": n})
     kicked_at = time.time()
     time.sleep(0.01)
-    tasks._local.drained_since = float("-inf")
     assert tasks.publish_outbox.apply(kwargs={"time_budget": 0.0}).get() >= 1  # out of time
     with transaction.atomic():
         publish("orders.placed", {"n": 3})

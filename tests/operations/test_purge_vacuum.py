@@ -15,24 +15,12 @@ from outbox.consumer.inbox import purge_inbox
 from outbox.models import InboxMessage, OutboxMessage
 from outbox.operations.actions import purge_published
 from outbox.operations.vacuum import vacuum_after_purge
-
-PUBLISHED = OutboxMessage.Status.PUBLISHED
+from tests.operations.test_purge import _publish
 
 
 def publish_old(rows: int) -> None:
-    long_ago = timezone.now() - timedelta(days=30)
-    OutboxMessage.objects.bulk_create(
-        OutboxMessage(
-            message_id=uuid.uuid4(),
-            event_type="orders.order_placed",
-            routing_key="orders.order_placed",
-            payload={"order_id": number, "padding": "x" * 200},
-            status=PUBLISHED,
-            created_at=long_ago,
-            published_at=long_ago,
-        )
-        for number in range(rows)
-    )
+    """``rows`` published rows, a month past their publication."""
+    _publish(rows, published_at=timezone.now() - timedelta(days=30))
 
 
 def process_old(rows: int) -> None:
