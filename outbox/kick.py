@@ -32,7 +32,16 @@ from django.db import transaction
 
 from outbox import conf
 
-__all__ = ["EXPIRES_SECONDS", "MIN_INTERVAL_SECONDS", "RETRY_AFTER_SECONDS", "Kicker", "enabled"]
+__all__ = [
+    "EXPIRES_SECONDS",
+    "MIN_INTERVAL_SECONDS",
+    "RETRY_AFTER_SECONDS",
+    "Kicker",
+    "after_commit",
+    "celery_configured",
+    "enabled",
+    "kicker",
+]
 
 logger = logging.getLogger("outbox.relay")
 
