@@ -17,5 +17,7 @@ os.environ.setdefault("OUTBOX_DB_NAME", "outbox_bench")
 # A private exchange, so a benchmark never delivers into queues of a running example.
 EXCHANGE = f"bench-{uuid.uuid4().hex[:8]}"
 os.environ["OUTBOX_EXCHANGE"] = EXCHANGE
+# A private Celery queue too: the benchmark's kicks and beat runs reach only its own workers.
+os.environ["CELERY_TASK_DEFAULT_QUEUE"] = EXCHANGE
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 django.setup()

@@ -49,6 +49,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     if not problems:
         problems.extend(_check_broker_url(conf.get("BROKER_URL")))
         problems.extend(_check_lease())
+        problems.extend(_check_kick())
     if not problems and not conf.get("BROKER_URL"):
         problems.append(
             CheckWarning(
@@ -132,5 +133,24 @@ def _check_lease() -> list[CheckMessage]:
             hint="a claim must outlive the wait for the batch's confirms, or another relay"
             f" republishes the batch; see {DOCS_URL}/settings.md",
             id="outbox.E004",
+        )
+    ]
+
+
+def _check_kick() -> list[CheckMessage]:
+    """outbox.E010: KICK_ON_COMMIT is on but Celery cannot send the kick (not installed, or
+    its app has no broker URL, so it would try AMQP on localhost)."""
+    from outbox import kick
+
+    if conf.get("KICK_ON_COMMIT") is not True or kick.celery_configured():
+        return []
+    return [
+        Error(
+            'settings.OUTBOX["KICK_ON_COMMIT"] is True but Celery is not installed or has no'
+            " broker URL (CELERY_BROKER_URL)",
+            hint="install the celery extra and configure the Celery app, or leave"
+            f" KICK_ON_COMMIT unset (None: on only when Celery is configured); see {DOCS_URL}"
+            "/relay.md#kick-on-commit",
+            id="outbox.E010",
         )
     ]

@@ -93,6 +93,12 @@ SETTINGS: dict[str, Setting] = {
         " unreachable broker or database",
         minimum=0.1,
     ),
+    "KICK_ON_COMMIT": Setting(
+        None,
+        (bool, type(None)),
+        "send the publish_outbox Celery task as soon as a transaction that wrote outbox rows"
+        " commits (None: on when Celery is installed and its app has a broker URL)",
+    ),
     "TASK_TIME_BUDGET_SECONDS": Setting(
         10.0,
         (int, float),
@@ -137,6 +143,12 @@ SETTINGS: dict[str, Setting] = {
         int,
         "seconds published rows are kept before outbox_purge deletes them",
         minimum=0,
+    ),
+    "PURGE_VACUUM": Setting(
+        True,
+        bool,
+        "after a purge that deleted rows, VACUUM (ANALYZE) the table (PostgreSQL) so the space"
+        " is reused even when autovacuum is off or behind",
     ),
     "PURGE_BATCH_SIZE": Setting(
         1000,
@@ -196,6 +208,14 @@ def get_optional_str(name: str) -> str | None:
     value = get(name)
     if value is not None and not isinstance(value, str):  # pragma: no cover
         raise TypeError(f"OUTBOX[{name!r}] is not a text setting")
+    return value
+
+
+def get_optional_bool(name: str) -> bool | None:
+    """``settings.OUTBOX[name]`` for an on/off setting that may be left to auto (``None``)."""
+    value = get(name)
+    if value is not None and not isinstance(value, bool):  # pragma: no cover
+        raise TypeError(f"OUTBOX[{name!r}] is not an on/off setting")
     return value
 
 

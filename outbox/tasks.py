@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Any, cast
 
 from celery import shared_task
 from django.db import DatabaseError, connections
@@ -20,7 +22,8 @@ from django.db import DatabaseError, connections
 from outbox import conf
 from outbox.consumer.inbox import purge_inbox as purge_inbox_records
 from outbox.operations import actions
-from outbox.relay import Relay
+from outbox.relay import Relay, RelaySettings
+from outbox.relay.store import ClaimedMessage, OutboxStore, store_for
 from outbox.schedule import beat_schedule
 
 __all__ = ["beat_schedule", "publish_outbox", "purge_inbox", "purge_outbox"]
@@ -33,16 +36,22 @@ _local = threading.local()
 
 
 @shared_task(name="outbox.tasks.publish_outbox", ignore_result=True)
-def publish_outbox(time_budget: float | None = None) -> int:
+def publish_outbox(time_budget: float | None = None, kicked_at: float | None = None) -> int:
     """Publish ready outbox rows for up to ``time_budget`` seconds (default
     ``OUTBOX["TASK_TIME_BUDGET_SECONDS"]``) and return how many were published.
 
     Overlapping runs, on one worker or many, are safe: each claims different rows. A broker
     or database outage ends the run early without using up any row's attempts; the next run
-    tries again.
+    tries again. ``kicked_at`` is set by the kick on commit (``outbox.kick``): the time the
+    kick was sent, after the commits it announces. A kick sent before the last claim of a
+    drain that this worker process completed since is skipped: that claim found nothing left
+    of what those commits wrote. So kicks that queued up behind a drain cost no claim each.
     """
+    if kicked_at is not None and kicked_at < getattr(_local, "drained_since", float("-inf")):
+        return 0
     relay = _relay()
     budget = conf.get_float("TASK_TIME_BUDGET_SECONDS") if time_budget is None else time_budget
+    started = time.monotonic()
     try:
         result = relay.drain(time_budget=budget)
     except DatabaseError as error:
@@ -51,6 +60,10 @@ def publish_outbox(time_budget: float | None = None) -> int:
         return 0
     if result.broker_error is not None:
         logger.warning("publish_outbox: broker unavailable: %s", result.broker_error)
+    elif time.monotonic() - started < budget:
+        # Within its budget a drain ends only on an empty claim, its last: nothing committed
+        # before that claim started is left claimable.
+        _local.drained_since = _local.claims.last_claim_at
     return result.published
 
 
@@ -71,6 +84,24 @@ def purge_outbox(max_batches: int | None = None) -> int:
 def _relay() -> Relay:
     relay: Relay | None = getattr(_local, "relay", None)
     if relay is None:
-        relay = Relay()
+        settings = RelaySettings.from_settings()
+        _local.claims = _ClaimClock(store_for(retry=settings.retry_policy()))
+        relay = Relay(store=cast(OutboxStore, _local.claims), settings=settings)
         _local.relay = relay
     return relay
+
+
+class _ClaimClock:
+    """The relay's store, which also notes when the latest claim started (wall clock, as
+    ``kicked_at`` is); everything else is passed through to the store unchanged."""
+
+    def __init__(self, store: OutboxStore) -> None:
+        self._store = store
+        self.last_claim_at = float("-inf")
+
+    def claim(self, **arguments: Any) -> list[ClaimedMessage]:
+        self.last_claim_at = time.time()
+        return self._store.claim(**arguments)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)

@@ -20,7 +20,7 @@ from uuid import UUID
 import psycopg
 from django.db import connections, router, transaction
 
-from outbox import conf, tracing, wire
+from outbox import conf, kick, tracing, wire
 from outbox.common.database import is_postgresql
 from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
@@ -98,6 +98,7 @@ def publish(
     row, payload_json, headers_json = _prepare(message)
     alias = _writable_alias(using)
     _insert(row, alias, payload_json=payload_json, headers_json=headers_json)
+    _kick_relay_after_commit(alias)
     return row
 
 
@@ -128,6 +129,7 @@ def publish_many(messages: Iterable[Message], *, using: str | None = None) -> li
         if is_postgresql(alias) and len({row.ordering_key for row in rows}) > ORDER_KEY_LOCKS:
             _lock_buckets_from_now_on(alias)
         OutboxMessage.objects.using(alias).bulk_create(sorted(rows, key=_lock_order))
+        _kick_relay_after_commit(alias)
     return rows
 
 
@@ -239,6 +241,13 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
     row.next_attempt_at = row.created_at
     row._state.adding = False
     row._state.db = alias
+
+
+def _kick_relay_after_commit(alias: str) -> None:
+    """With ``OUTBOX["KICK_ON_COMMIT"]``, have the Celery relay task sent once this
+    transaction commits (``outbox.kick``), so the rows do not wait for the next beat run."""
+    if kick.enabled():
+        kick.after_commit(alias)
 
 
 def _writable_alias(using: str | None) -> str:

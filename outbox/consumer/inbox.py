@@ -22,6 +22,7 @@ from django.utils import timezone
 from outbox import conf
 from outbox.exceptions import InvalidMessageError, TransactionRequiredError
 from outbox.models import InboxMessage
+from outbox.operations.vacuum import vacuum_after_purge
 
 logger = logging.getLogger("outbox.consumer.inbox")
 
@@ -137,7 +138,9 @@ def purge_inbox(
             count, _ = InboxMessage.objects.using(alias).filter(pk__in=batch).delete()
         deleted += count
         if count < batch_size:
-            return deleted
+            break
+    vacuum_after_purge(InboxMessage, alias, deleted)
+    return deleted
 
 
 def _message_key(message_id: object) -> str:

@@ -130,6 +130,34 @@ def drop_triggers(apps, schema_editor):
         schema_editor.execute(DROP_TRIGGERS)
 
 
+# Both tables churn: every outbox row is updated twice (lease, published) and later purged, every
+# inbox row purged. PostgreSQL's default waits for 20% of a table to be dead before autovacuum
+# runs, which on a week of retained rows is millions of dead rows the claim steps over. These
+# only take effect where autovacuum is on; the purge VACUUMs either way (OUTBOX["PURGE_VACUUM"]).
+SET_VACUUM_PARAMETERS = """
+ALTER TABLE outbox_message SET (autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE outbox_inbox SET (autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02);
+"""
+RESET_VACUUM_PARAMETERS = """
+ALTER TABLE outbox_message RESET (autovacuum_vacuum_scale_factor,
+    autovacuum_vacuum_threshold, autovacuum_analyze_scale_factor);
+ALTER TABLE outbox_inbox RESET (autovacuum_vacuum_scale_factor,
+    autovacuum_vacuum_threshold, autovacuum_analyze_scale_factor);
+"""
+
+
+def set_vacuum_parameters(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(SET_VACUUM_PARAMETERS)
+
+
+def reset_vacuum_parameters(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(RESET_VACUUM_PARAMETERS)
+
+
 class Migration(migrations.Migration):
     initial = True
 
@@ -233,4 +261,5 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunPython(create_triggers, drop_triggers),
+        migrations.RunPython(set_vacuum_parameters, reset_vacuum_parameters),
     ]

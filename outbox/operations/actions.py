@@ -20,6 +20,7 @@ from django.db.models.functions import Concat, Now
 from outbox import conf
 from outbox.common.database import database_now
 from outbox.models import OutboxMessage
+from outbox.operations.vacuum import vacuum_after_purge
 
 __all__ = ["REPLAY_OF_HEADER", "mark_failed", "purge_published", "replay", "retry_now"]
 
@@ -193,7 +194,8 @@ def purge_published(
 
     Defaults: ``OUTBOX["RETENTION"]`` and ``OUTBOX["PURGE_BATCH_SIZE"]``. Each batch is one
     short DELETE of the oldest rows, so the relay and writers never wait behind a long
-    transaction and autovacuum reclaims space as it goes. Ready and failed rows are never
+    transaction; then, on PostgreSQL, ``VACUUM (ANALYZE)`` makes the space reusable
+    (``OUTBOX["PURGE_VACUUM"]``, ``outbox.operations.vacuum``). Ready and failed rows are never
     deleted, whatever their age. ``max_batches`` bounds one run (a scheduled task then
     finishes the rest next time); ``on_batch`` gets the size of each deleted batch.
     """
@@ -224,5 +226,6 @@ def purge_published(
             on_batch(deleted)
         if deleted < size:
             break
-    _log("purge", deleted_total, batches=batches, cutoff=cutoff.isoformat())
+    vacuumed = vacuum_after_purge(OutboxMessage, alias, deleted_total)
+    _log("purge", deleted_total, batches=batches, cutoff=cutoff.isoformat(), vacuum=vacuumed)
     return deleted_total
