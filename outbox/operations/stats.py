@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.db import connections, router
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, F, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from outbox import conf
 from outbox.models import OutboxMessage
+from outbox.relay.publishers import UNROUTABLE_ERROR_PREFIX
 
 # "Is a relay publishing?" looks this far back.
 RELAY_ACTIVITY_WINDOW = timedelta(seconds=60)
@@ -31,6 +32,7 @@ _ESTIMATED_ROWS_SQL = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::re
 
 __all__ = [
     "Backlog",
+    "LatestError",
     "OutboxSummary",
     "backlog",
     "estimated_table_rows",
@@ -41,8 +43,25 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class LatestError:
+    """The error of the unpublished row retried last: what an operator reads first."""
+
+    message_id: str
+    status: str
+    event_type: str
+    exchange: str
+    routing_key: str
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True)
 class OutboxSummary:
-    """A snapshot of the outbox: how much is waiting, how old it is, whether it moves."""
+    """A snapshot of the outbox: how much is waiting, how old it is, whether it moves.
+
+    ``unroutable``: unpublished rows whose last attempt RabbitMQ could not route (no queue
+    bound), ready for a retry or failed; they are also in ``ready`` / ``failed``.
+    """
 
     taken_at: datetime
     ready: int
@@ -55,6 +74,8 @@ class OutboxSummary:
     last_published_at: datetime | None
     published_last_minute: int
     published_per_second: float
+    unroutable: int = 0
+    latest_error: LatestError | None = None
 
     @property
     def relay_active(self) -> bool:
@@ -140,6 +161,7 @@ def summary(using: str | None = None) -> OutboxSummary:
             failed=Count("id", filter=Q(status=OutboxMessage.Status.FAILED)),
             stuck=Count("id", filter=stuck_condition(now)),
             oldest_ready=Min("created_at", filter=Q(status=OutboxMessage.Status.READY)),
+            unroutable=Count("id", filter=Q(last_error__startswith=UNROUTABLE_ERROR_PREFIX)),
         )
     )
     published = messages.filter(status=OutboxMessage.Status.PUBLISHED)
@@ -163,6 +185,8 @@ def summary(using: str | None = None) -> OutboxSummary:
         last_published_at=last_published_at,
         published_last_minute=recent["last_minute"],
         published_per_second=recent["window"] / THROUGHPUT_WINDOW.total_seconds(),
+        unroutable=unpublished["unroutable"],
+        latest_error=_latest_error(messages),
     )
 
 
@@ -174,6 +198,30 @@ def estimated_table_rows(using: str | None = None) -> int:
         estimate: int = cursor.fetchone()[0]
     # -1 means "never analyzed" (PostgreSQL 14+).
     return max(0, estimate)
+
+
+def _latest_error(messages: QuerySet[OutboxMessage]) -> LatestError | None:
+    # The relay sets next_attempt_at to "now + back-off" with each error, so the latest one
+    # is, to within a back-off, the most recent error. Filtering on "not published" keeps the
+    # query on the partial index of unpublished rows, however many published rows are kept.
+    row = (
+        messages.exclude(status=OutboxMessage.Status.PUBLISHED)
+        .exclude(last_error="")
+        .order_by("-next_attempt_at", "-id")
+        .values(
+            "message_id",
+            "status",
+            "event_type",
+            "exchange",
+            "routing_key",
+            "attempts",
+            error=F("last_error"),
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return LatestError(**{**row, "message_id": str(row["message_id"])})
 
 
 def _messages(using: str | None) -> QuerySet[OutboxMessage]:

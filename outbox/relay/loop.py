@@ -38,6 +38,7 @@ from outbox.relay.store import (
     RetryResult,
     store_for,
 )
+from outbox.relay.unroutable import UnroutableReporter
 
 __all__ = ["BatchResult", "DrainResult", "Relay", "RelaySettings"]
 
@@ -101,13 +102,15 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class DrainResult:
-    """Totals of ``Relay.drain``; ``broker_error`` is set when it stopped for an outage."""
+    """Totals of ``Relay.drain``; ``broker_error`` is set when it stopped for an outage.
+    ``released``: rows handed back unpublished, attempts unchanged, because of that outage."""
 
     published: int = 0
     retried: int = 0
     failed: int = 0
     batches: int = 0
     broker_error: str | None = None
+    released: int = 0
 
 
 class Relay:
@@ -137,6 +140,7 @@ class Relay:
             store = store_for(outbox_alias(using), retry=self.settings.retry_policy())
         self.store = store
         self.using = store.alias
+        self._unroutable = UnroutableReporter()
 
     def publish_batch(self) -> BatchResult:
         """Claim one batch, publish it and record the outcome. Database errors propagate."""
@@ -174,6 +178,11 @@ class Relay:
         by_id = {message.id: message for message in claimed}
         published = self._settle_confirmed(by_id, outcome.confirmed)
         refused = dict(outcome.refused)
+        self._unroutable.report(
+            [by_id[key] for key in outcome.unroutable],
+            relay=self.name,
+            recorded=self.settings.on_unroutable == "record",
+        )
         if self.settings.on_unroutable == "record":
             published += self._settle_unroutable(by_id, outcome.unroutable)
         else:
@@ -283,7 +292,7 @@ class Relay:
         """Publish batches until nothing is claimable, the broker fails, ``time_budget``
         seconds have passed, or ``should_stop()`` is true. Database errors propagate."""
         deadline = None if time_budget is None else time.monotonic() + time_budget
-        published = retried = failed = batches = 0
+        published = retried = failed = batches = released = 0
         claimed = self._claim()
         while True:
             # The next batch is claimed while the broker confirms this one, so the database
@@ -298,13 +307,16 @@ class Relay:
             published += result.published
             retried += result.retried
             failed += result.failed
+            released += result.released
             if following.error is not None:
                 raise following.error
             if result.broker_error is not None:
-                self.store.release([m.id for m in following.claimed], owner=self.name)
-                return DrainResult(published, retried, failed, batches, result.broker_error)
+                released += self.store.release([m.id for m in following.claimed], owner=self.name)
+                return DrainResult(
+                    published, retried, failed, batches, result.broker_error, released
+                )
             if stopping or result.claimed == 0:
-                return DrainResult(published, retried, failed, batches)
+                return DrainResult(published, retried, failed, batches, released=released)
             # Rows of this batch's keys may have become claimable only now that it is marked.
             claimed = following.claimed or self._claim()
 

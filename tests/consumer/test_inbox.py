@@ -140,6 +140,6 @@ def test_purge_command_and_task() -> None:
     assert purge_task.apply().get() == 1
     output = StringIO()
     call_command("outbox_purge_inbox", "--older-than-days", "2", stdout=output)
-    assert output.getvalue().strip() == "deleted 2 inbox records"
+    assert output.getvalue().startswith("deleted 2 inbox records")
     with pytest.raises(CommandError, match="--batch-size"):
         call_command("outbox_purge_inbox", "--batch-size", "0")

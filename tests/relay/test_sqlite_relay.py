@@ -113,7 +113,7 @@ def test_relay_once_on_sqlite_publishes_in_key_order(
 
     relay = project.run("outbox_relay", "--once")
 
-    assert relay.stdout.strip() == "published 4"
+    assert relay.stdout.strip() == "published 4, retried 0, failed 0, released 0"
     assert "not on PostgreSQL" in relay.stderr  # the single-relay warning
     received = sqlite_queue.drain()
     by_type = {str(message.properties.type): message for message in received}
