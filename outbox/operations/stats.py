@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.db import connections, router
-from django.db.models import Count, F, Max, Min, Q, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from outbox import conf
@@ -208,20 +208,28 @@ def _latest_error(messages: QuerySet[OutboxMessage]) -> LatestError | None:
         messages.exclude(status=OutboxMessage.Status.PUBLISHED)
         .exclude(last_error="")
         .order_by("-next_attempt_at", "-id")
-        .values(
+        .only(
             "message_id",
             "status",
             "event_type",
             "exchange",
             "routing_key",
             "attempts",
-            error=F("last_error"),
+            "last_error",
         )
         .first()
     )
     if row is None:
         return None
-    return LatestError(**{**row, "message_id": str(row["message_id"])})
+    return LatestError(
+        message_id=str(row.message_id),
+        status=row.status,
+        event_type=row.event_type,
+        exchange=row.exchange,
+        routing_key=row.routing_key,
+        attempts=row.attempts,
+        error=row.last_error,
+    )
 
 
 def _messages(using: str | None) -> QuerySet[OutboxMessage]:
