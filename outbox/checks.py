@@ -11,11 +11,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 
 from outbox import conf
+from outbox.docs import reference
 
-# Hints point at the published docs: a repository path means nothing to a user of the wheel.
-DOCS_URL = (
-    "https://github.com/django-transactional-outbox/django-transactional-outbox/blob/main/docs"
-)
+# Hints name pages through ``python -m outbox.docs``: the wheel ships the docs, so the page
+# exists wherever the package is installed and matches its version (a repository path or a
+# web address would mean nothing offline, or describe another version).
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
@@ -80,7 +80,7 @@ def check_database(**kwargs: Any) -> list[CheckMessage]:
             " SKIP LOCKED (run one relay only, never several), no LISTEN/NOTIFY (the relay polls"
             " every POLL_INTERVAL_SECONDS) and throughput is low; per-aggregate order holds on"
             " SQLite, which serializes writers, but not with concurrent writers elsewhere"
-            f" (see {DOCS_URL}/concepts.md)",
+            f" (see {reference('concepts', 'Databases other than PostgreSQL')})",
             id="outbox.W002",
         )
     ]
@@ -130,7 +130,7 @@ def _check_lease() -> list[CheckMessage]:
             f'settings.OUTBOX["LEASE_SECONDS"] ({lease:g}) must be greater than'
             f' OUTBOX["CONFIRM_TIMEOUT_SECONDS"] ({confirm:g})',
             hint="a claim must outlive the wait for the batch's confirms, or another relay"
-            f" republishes the batch; see {DOCS_URL}/settings.md",
+            f" republishes the batch; see {reference('settings', 'Relay')}",
             id="outbox.E004",
         )
     ]

@@ -2,8 +2,6 @@
 (as a project made by ``startproject`` has), so what a command prints is its own doing, plus
 OUTBOX keys given as JSON in OUTBOX_TEST_OVERRIDES."""
 
-from typing import Any
-
 from tests.relay.settings import *  # noqa: F403
 
-LOGGING: dict[str, Any] = {}
+LOGGING = {}
