@@ -49,6 +49,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     if not problems:
         problems.extend(_check_broker_url(conf.get("BROKER_URL")))
         problems.extend(_check_lease())
+        problems.extend(_check_deprecated_inbox_retention())
     if not problems and not conf.get("BROKER_URL"):
         problems.append(
             CheckWarning(
@@ -114,6 +115,32 @@ def _check_broker_url(url: str | None) -> list[CheckMessage]:
             f'settings.OUTBOX["BROKER_URL"] is not an AMQP URL: {problem}',
             hint="e.g. amqp://user:password@rabbitmq.example.com:5672/%2F",
             id="outbox.E003",
+        )
+    ]
+
+
+def _check_deprecated_inbox_retention() -> list[CheckMessage]:
+    """outbox.W003: INBOX_RETENTION_DAYS, the one duration setting that was not in seconds;
+    outbox.E005: both it and INBOX_RETENTION are set, so one of them would be ignored."""
+    options = conf._options()
+    if "INBOX_RETENTION_DAYS" not in options or options["INBOX_RETENTION_DAYS"] is None:
+        return []
+    days = conf.get("INBOX_RETENTION_DAYS")
+    if "INBOX_RETENTION" in options:
+        return [
+            Error(
+                'settings.OUTBOX sets both "INBOX_RETENTION" and the deprecated'
+                ' "INBOX_RETENTION_DAYS"; keep only "INBOX_RETENTION" (seconds)',
+                id="outbox.E005",
+            )
+        ]
+    return [
+        CheckWarning(
+            'settings.OUTBOX["INBOX_RETENTION_DAYS"] is deprecated: every duration setting is'
+            " in seconds now",
+            hint=f'write "INBOX_RETENTION": {round(days * 86400)}  # {days:g} days; see'
+            f" {reference('settings', 'Consumers and inbox')}",
+            id="outbox.W003",
         )
     ]
 

@@ -1,3 +1,4 @@
+from datetime import timedelta
 from typing import Any
 from unittest import mock
 
@@ -5,6 +6,7 @@ import pytest
 from django.db import connections
 
 from domain_events.checks import check_settings as check_domain_events
+from outbox import conf
 from outbox.checks import check_database, check_settings
 
 
@@ -111,3 +113,23 @@ def test_domain_events_checks_are_registered() -> None:
 def test_valid_domain_events_setting_passes(settings: Any) -> None:
     settings.DOMAIN_EVENTS = {"MAX_CASCADE_DEPTH": 4}
     assert check_domain_events() == []
+
+
+def test_inbox_retention_is_in_seconds_like_every_duration_setting(settings: Any) -> None:
+    assert conf.inbox_retention() == timedelta(days=14)
+    settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION": 3600}
+    assert conf.inbox_retention() == timedelta(hours=1)
+    assert check_settings() == []
+
+
+def test_the_days_spelling_still_works_and_is_flagged_deprecated(settings: Any) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION_DAYS": 2}
+    assert conf.inbox_retention() == timedelta(days=2)
+    [problem] = check_settings()
+    assert problem.id == "outbox.W003"
+    assert 'write "INBOX_RETENTION": 172800  # 2 days' in str(problem.hint)
+
+
+def test_both_inbox_retention_spellings_is_an_error(settings: Any) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION_DAYS": 2, "INBOX_RETENTION": 60}
+    assert ids(check_settings()) == ["outbox.E005"]

@@ -26,7 +26,7 @@ class Command(OutboxCommand):
             "--older-than",
             type=duration_argument,
             metavar="DURATION",
-            help=f'retention window: {DURATION_SYNTAX} (default OUTBOX["INBOX_RETENTION_DAYS"])',
+            help=f'retention window: {DURATION_SYNTAX} (default OUTBOX["INBOX_RETENTION"], 14d)',
         )
         parser.add_argument(
             "--older-than-days",
@@ -55,7 +55,7 @@ class Command(OutboxCommand):
                 spelled = format_duration(older_than)
                 self.stderr.write(f"--older-than-days is deprecated: write --older-than {spelled}")
         if older_than is None:
-            older_than = timedelta(days=conf.get_float("INBOX_RETENTION_DAYS"))
+            older_than = conf.inbox_retention()
         batch_size = options["batch_size"]
         if batch_size is not None and batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
