@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -284,13 +285,16 @@ def test_an_unreachable_database_is_one_line_naming_host_and_port() -> None:
 
 
 def read_until(stream: Any, text: str, timeout: float = 60) -> str:
+    """Lines of ``stream`` until one contains ``text``, end of stream, or ``timeout``."""
     seen = ""
     deadline = time.monotonic() + timeout
-    while text not in seen and time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen += line
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while text not in seen and selector.select(max(0.0, deadline - time.monotonic())):
+            line = stream.readline()
+            if not line:
+                break
+            seen += line
     return seen
 
 
