@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 import pika.exceptions
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError, connections
 
@@ -74,6 +75,10 @@ class OutboxCommand(BaseCommand):
                     f"cannot connect to RabbitMQ at {broker_address()}: {_first_line(error)}",
                     returncode=EXIT_BROKER_UNAVAILABLE,
                 ) from error
+            except ImproperlyConfigured as error:
+                # A setting the system checks could not judge before the run (BROKER_URL
+                # unset: outbox.W001 is only a warning, since writing rows needs no broker).
+                raise CommandError(str(error)) from error
 
     def say(self, message: str, *, verbosity: int = 1) -> None:
         """Write ``message`` on stdout from verbosity ``verbosity`` on."""

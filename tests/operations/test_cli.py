@@ -253,6 +253,20 @@ def test_an_unreachable_broker_is_one_line_naming_host_and_port() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_relay_without_broker_url_says_so_in_one_line() -> None:
+    publish_rows("events", "orders.placed")
+
+    result = manage("outbox_relay", "--once", outbox={"BROKER_URL": None})
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        'CommandError: settings.OUTBOX["BROKER_URL"] is not set; the relay and consumers need it'
+        ' (e.g. "amqp://guest:guest@127.0.0.1:5672/%2F")'
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_unreachable_database_is_one_line_naming_host_and_port() -> None:
     database = str(connection.settings_dict["NAME"])
     commands = [
