@@ -109,7 +109,7 @@ def publish_rows(exchange: str, *routing_keys: str) -> None:
 
 def test_every_outbox_command_documents_every_option() -> None:
     commands = {name: app for name, app in get_commands().items() if name.startswith("outbox_")}
-    assert set(commands) == OUTBOX_COMMANDS
+    assert set(commands) >= OUTBOX_COMMANDS  # and any command added later is checked too
     for name, app in commands.items():
         parser = load_command_class(app, name).create_parser("manage.py", name)
         undocumented = [
