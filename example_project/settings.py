@@ -76,9 +76,15 @@ OUTBOX = {
 
 # Celery's own broker is Redis; RabbitMQ carries only the integration events.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# A private queue name keeps parallel test runs on one Redis from taking each other's tasks.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_IGNORE_RESULT = True
-# The outbox relay every second and the two purges hourly, as the library schedules them.
-CELERY_BEAT_SCHEDULE = beat_schedule()
+# The outbox relay every second and the two purges hourly, as the library schedules them;
+# the tests shorten both periods to see a worker run them.
+CELERY_BEAT_SCHEDULE = beat_schedule(
+    publish_every=float(os.environ.get("OUTBOX_PUBLISH_EVERY", "1")),
+    purge_every=float(os.environ.get("OUTBOX_PURGE_EVERY", "3600")),
+)
 
 LOGGING = {
     "version": 1,

@@ -1,8 +1,6 @@
 """The built wheel installs into a fresh virtual environment and both apps load from it."""
 
-import shutil
 import subprocess
-import sys
 import venv
 import zipfile
 from pathlib import Path
@@ -10,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.packaging.test_docs_module import references_in
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.wheel import REPO_ROOT, build_wheel
 
 # Run inside the fresh environment: configure Django with only the two apps on SQLite, load
 # them and run their migrations, so a missing migration or template file would fail here.
@@ -40,24 +37,7 @@ print("wheel ok")
 
 @pytest.mark.slow
 def test_wheel_contains_the_libraries_only_and_installs_cleanly(tmp_path: Path) -> None:
-    wheel_dir = tmp_path / "dist"
-    # Build from the tracked files only: setuptools reuses a build/ folder left in a working
-    # tree, and a wheel built there once shipped migrations that no longer existed.
-    source = tmp_path / "source"
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO_ROOT, check=True, capture_output=True
-    ).stdout.decode()
-    for name in filter(None, tracked.split("\0")):
-        if (REPO_ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, source / name)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), "."],
-        cwd=source,
-        check=True,
-        capture_output=True,
-    )
-    [wheel] = wheel_dir.glob("django_transactional_outbox-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "outbox/py.typed" in names
     assert "domain_events/py.typed" in names

@@ -1,8 +1,10 @@
 """Walk through the example over real HTTP: stock a product, place an order, show the outbox
-row, relay it to RabbitMQ (twice, as after a relay crash), and let the shipping consumer
-create the shipment exactly once."""
+row, watch a running relay (scripts/example.sh starts a Celery worker with beat) publish it to
+RabbitMQ twice, as after a relay crash, and let the shipping consumer create the shipment
+exactly once."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -15,17 +17,26 @@ from example_project.shipping.handlers import CONSUMER as SHIPPING
 from example_project.shipping.models import Shipment
 from example_project.shop.models import Stock
 from outbox.consumer.loop import consume
-from outbox.consumer.topology import declare
 from outbox.models import InboxMessage, OutboxMessage
-from outbox.relay import Relay
 
 
 class Command(BaseCommand):
-    help = "Place an order through the running example server and show its outbox message."
+    help = (
+        "Place an order through the running example server and follow its outbox message"
+        " through a running relay (a Celery worker with beat, or outbox_relay) to the"
+        " shipping consumer."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
-        parser.add_argument("--sku", default="demo-mug")
+        parser.add_argument("--sku", default="demo-mug", help="product to stock and order")
+        parser.add_argument(
+            "--relay-timeout",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="longest wait for the running relay to publish the message",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         base_url: str = options["url"].rstrip("/")
@@ -44,26 +55,22 @@ class Command(BaseCommand):
             f" ({message.event_type}, status {message.status})"
         )
 
-        # The shipping queue must exist before the event is published: RabbitMQ returns a
-        # message that no queue is bound for, and the relay would retry it.
-        declare(SHIPPING)
-        published = self._relay()
-        message.refresh_from_db()
-        if message.status != OutboxMessage.Status.PUBLISHED:
-            raise CommandError(f"message {message.message_id} is still {message.status}")
+        timeout: float = options["relay_timeout"]
+        self._wait_until_published(message, timeout)
         self.stdout.write(
-            f"3. the relay published it, confirmed by RabbitMQ (status {message.status};"
-            f" {published} published in this run)"
+            f"3. the relay published it, confirmed by RabbitMQ (status {message.status})"
         )
         # What a relay killed after the broker's confirm but before marking the row leaves
-        # behind: the row is ready again and is published a second time, same message_id.
+        # behind: the row is ready again, and the relay publishes it a second time with the
+        # same message_id.
         OutboxMessage.objects.filter(pk=message.pk).update(
             status=OutboxMessage.Status.READY, published_at=None
         )
-        self._relay()
+        self._wait_until_published(message, timeout)
         self.stdout.write(
-            f"   a relay that crashed before marking it would publish it again: sent twice,"
-            f" message_id {message.message_id} both times"
+            "   a relay that crashed before marking it would publish it again: set back to"
+            f" ready, it was published a second time, message_id {message.message_id}"
+            " both times"
         )
 
         settled = consume(SHIPPING, until_idle=2)
@@ -83,15 +90,18 @@ class Command(BaseCommand):
             raise CommandError("the message was not processed exactly once")
         self.stdout.write(self.style.SUCCESS("example finished"))
 
-    def _relay(self) -> int:
-        relay = Relay()
-        try:
-            result = relay.drain(time_budget=10)
-        finally:
-            relay.close()
-        if result.broker_error:
-            raise CommandError(f"the relay could not reach RabbitMQ: {result.broker_error}")
-        return result.published
+    def _wait_until_published(self, message: OutboxMessage, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        message.refresh_from_db()
+        while message.status == OutboxMessage.Status.READY and time.monotonic() < deadline:
+            time.sleep(0.1)
+            message.refresh_from_db()
+        if message.status != OutboxMessage.Status.PUBLISHED:
+            raise CommandError(
+                f"message {message.message_id} is still {message.status} after {timeout:.0f}s"
+                f" (last error: {message.last_error or 'none'}); is a relay running? (the"
+                " Celery worker of scripts/example.sh, or manage.py outbox_relay)"
+            )
 
     def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
