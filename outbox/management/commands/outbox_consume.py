@@ -67,10 +67,7 @@ class Command(OutboxCommand):
 
         if options["declare_only"]:
             topology = declare(spec.name, exchange=options["exchange"])
-            self.say(
-                f"declared queue {topology.queue} on exchange {topology.exchange}"
-                f" (bindings {', '.join(topology.binding_keys)})"
-            )
+            self.say(f"declared {topology.queue} on exchange {topology.exchange}")
             return
 
         loop = ConsumerLoop(
