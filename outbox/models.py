@@ -54,18 +54,27 @@ class OutboxMessage(models.Model):
         db_table = "outbox_message"
         verbose_name = "outbox message"
         indexes = [
-            # The relay's claim scans ready rows in position order. Partial, so the index
-            # stays as small as the backlog however many published rows the table keeps.
+            # Ready rows in position order, for reads of what waits to be published (the
+            # relay's claim itself uses the two indexes below). Partial, so the index stays as
+            # small as the backlog however many published rows the table keeps.
             models.Index(
                 fields=["position"],
                 name="outbox_ready_position_idx",
                 condition=models.Q(status="ready"),
             ),
-            # Per-aggregate order: "is there an older unpublished row with this key?"
+            # The claim of keyed rows: a loose index scan over the distinct keys with
+            # unpublished rows, then each key's head and run in position order.
             models.Index(
                 fields=["ordering_key", "position"],
                 name="outbox_unpublished_key_idx",
                 condition=~models.Q(status="published"),
+            ),
+            # The claim of rows without an ordering key, oldest first, apart from the keyed
+            # ones: a backlog of keyed rows is never stepped over to find them.
+            models.Index(
+                fields=["position"],
+                name="outbox_ready_unkeyed_idx",
+                condition=models.Q(status="ready", ordering_key=""),
             ),
             # Operations: purge ranges over old published rows and "published in the last
             # minute" reads the newest, without scanning the table.

@@ -26,6 +26,7 @@ __all__ = [
     "HEADER_ERROR_TYPE",
     "HEADER_POSITION",
     "HEADER_REASON",
+    "HEADER_REWRITTEN",
     "HEADER_ROUTING_KEY",
     "PERSISTENT",
     "SHORT_STRING_BYTES",
@@ -64,6 +65,9 @@ HEADER_REASON = "x-outbox-dead-letter-reason"
 HEADER_ERROR_TYPE = "x-outbox-error-type"
 HEADER_ERROR_MESSAGE = "x-outbox-error-message"
 HEADER_DEAD_LETTERED_AT = "x-outbox-dead-lettered-at"
+#: On a consumer's retry or dead-letter copy: which headers of the original it could not carry
+#: as they were (converted to text, or dropped to fit one frame). See outbox.consumer.fields.
+HEADER_REWRITTEN = "x-outbox-rewritten-headers"
 
 
 #: AMQP's signed 64-bit integer ("l"), the widest integer a header can carry.

@@ -6,6 +6,7 @@
 - ``topology``: a consumer's exchange, queue, retry and dead-letter queues, and declaring them;
 - ``processing``: decoding a delivery and running its handlers with the inbox record;
 - ``republish``: copies sent to the retry and dead-letter queues;
+- ``fields``: header values of other AMQP clients, read tolerantly and copied safely;
 - ``loop``: the consume loop (connection, worker thread, reconnects).
 
 Names are exported lazily: ``loop`` and ``processing`` need the models, which cannot be

@@ -27,7 +27,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from outbox.broker import connection_parameters
-from outbox.consumer.processing import Delivery, Outcome, decode, process
+from outbox.consumer.fields import install_tolerant_decoding
+from outbox.consumer.processing import MAX_ERROR_CHARS, Delivery, Outcome, decode, process
 from outbox.consumer.registry import ConsumerSpec, IncomingMessage, load_handlers, registry
 from outbox.consumer.republish import dead_letter_headers, republish, retry_headers
 from outbox.consumer.settings import ConsumerSettings
@@ -43,8 +44,15 @@ _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
     pika.exceptions.StreamLostError,
+    # The broker refused a retry or dead-letter copy (a queue deleted meanwhile, an internal
+    # error): starting over declares the queues again and the original is redelivered.
+    pika.exceptions.UnroutableError,
+    pika.exceptions.NackError,
     ConnectionError,
 )
+#: Reason of a message whose decoding or processing raised where nothing should: the
+#: last-resort guard, so that no message content can stop the loop.
+REASON_UNEXPECTED = "unexpected error in the consumer"
 
 
 class ConsumerLoop:
@@ -54,7 +62,10 @@ class ConsumerLoop:
     and be acknowledged; messages prefetched but not started go back to the queue. With
     ``max_messages`` the loop ends after settling that many; with ``until_idle`` once nothing
     has arrived for that many seconds. A lost connection is re-opened with a growing delay,
-    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``.
+    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``; so is a message held while its
+    database is unreachable (``processing.is_database_outage``), which uses no attempt.
+    No message content stops the loop: what cannot be decoded, routed or copied is
+    dead-lettered on its own.
     """
 
     def __init__(
@@ -76,6 +87,10 @@ class ConsumerLoop:
         self.settled = 0
         self._stop_requested = threading.Event()
         self._went_idle = False
+        self._outages = 0
+        # Header values pika would otherwise fail to decode must not look like a lost
+        # connection, which redelivers the same message forever.
+        install_tolerant_decoding()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"consume-{spec.name}")
 
     def stop(self) -> None:
@@ -122,13 +137,46 @@ class ConsumerLoop:
         """Start ``message`` on the worker thread."""
         return self._worker.submit(self.process_message, message)
 
+    def outage_backoff(self) -> float:
+        """The wait before trying a held message again after one more database outage error:
+        ``CONSUMER_RECONNECT_DELAY`` doubled per consecutive error, capped by
+        ``RECONNECT_BACKOFF_MAX_SECONDS``."""
+        self._outages += 1
+        delay = self.settings.reconnect_delay * 2 ** min(self._outages - 1, 32)
+        return float(min(delay, self.settings.reconnect_backoff_max))
+
     def went_idle(self) -> None:
         """Nothing arrived for ``until_idle`` seconds: end the loop."""
         self._went_idle = True
 
     def settle(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> None:
         """Acknowledge ``delivery``, after sending a failed or malformed one to its retry or
-        dead-letter queue (confirmed first, so it is never lost between the two)."""
+        dead-letter queue (confirmed first, so it is never lost between the two).
+
+        If the copy cannot be sent for any reason but the connection, the original is rejected
+        without requeue, which the broker routes to the same dead-letter queue (with its own
+        ``x-death`` header instead of the consumer's): never acknowledged and lost.
+        """
+        self._outages = 0
+        try:
+            self._send_copy(channel, delivery, outcome)
+        except _CONNECTION_ERRORS:
+            raise
+        except Exception:
+            logger.exception(
+                "%s: could not send message %s (%s) to its retry or dead-letter queue;"
+                " rejecting it into %s",
+                self.spec.name,
+                delivery.properties.message_id,
+                outcome.reason or outcome.kind,
+                self.topology.dead_letter_queue,
+            )
+            channel.basic_reject(delivery.tag, requeue=False)
+        else:
+            channel.basic_ack(delivery.tag)
+        self.settled += 1
+
+    def _send_copy(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> None:
         if outcome.kind == "failed" and outcome.attempt < self.max_attempts:
             queue = self.topology.retry_queue(outcome.attempt)
             self._republish(channel, queue, delivery, retry_headers(outcome))
@@ -149,8 +197,6 @@ class ConsumerLoop:
                 outcome.reason,
                 outcome.error_message,
             )
-        channel.basic_ack(delivery.tag)
-        self.settled += 1
 
     def _republish(
         self, channel: BlockingChannel, queue: str, delivery: Delivery, extra: dict[str, object]
@@ -166,7 +212,11 @@ class _Session:
         client_name = f"outbox_consume {loop.spec.name} pid {os.getpid()}"
         self.connection = pika.BlockingConnection(connection_parameters(client_name=client_name))
         self.waiting: deque[Delivery] = deque()
-        self.in_flight: tuple[Delivery, Future[Outcome]] | None = None
+        self.in_flight: tuple[Delivery, IncomingMessage, Future[Outcome]] | None = None
+        # A message whose processing met a database outage, and when to try it again: it
+        # stays unacknowledged in this process, and nothing else starts before it.
+        self.held: tuple[Delivery, IncomingMessage] | None = None
+        self.resume_at = 0.0
         self.cancelled_by_broker = False
         self.last_activity = time.monotonic()
 
@@ -175,7 +225,11 @@ class _Session:
         try:
             channel = self._open_channel()
             while not self._step(channel):
-                self.connection.process_data_events(time_limit=_POLL_SECONDS)
+                wait: float = _POLL_SECONDS
+                if self.held is not None:
+                    wait = min(wait, max(0.0, self.resume_at - time.monotonic()))
+                # pika takes a float (types-pika says int).
+                self.connection.process_data_events(time_limit=wait)  # type: ignore[arg-type]
         finally:
             self._close()
 
@@ -214,7 +268,10 @@ class _Session:
         body: bytes,
     ) -> None:
         assert method.delivery_tag is not None
-        delivery = Delivery(method.delivery_tag, method.routing_key or "", properties, body)
+        routing_key = method.routing_key or ""
+        if isinstance(routing_key, bytes):  # pika's form of a key that is not UTF-8
+            routing_key = routing_key.decode("utf-8", errors="replace")
+        delivery = Delivery(method.delivery_tag, routing_key, properties, body)
         self.waiting.append(delivery)
 
     def _on_cancel(self, _frame: object) -> None:
@@ -225,11 +282,15 @@ class _Session:
         loop = self.loop
         while True:
             if self.in_flight is not None:
-                delivery, future = self.in_flight
+                delivery, message, future = self.in_flight
                 if not future.done():
                     return False
                 self.in_flight = None
-                loop.settle(channel, delivery, future.result())
+                outcome = self._outcome(delivery, future)
+                if outcome.kind == "outage":
+                    self._hold(delivery, message, outcome)
+                else:
+                    loop.settle(channel, delivery, outcome)
                 self.last_activity = time.monotonic()
             if loop.finished():
                 return True
@@ -237,6 +298,13 @@ class _Session:
                 raise pika.exceptions.ConsumerCancelled(
                     f"RabbitMQ cancelled the consumer of {loop.topology.queue}"
                 )
+            if self.held is not None:
+                if time.monotonic() < self.resume_at:
+                    return False  # an outage is not idleness: until_idle does not count it
+                delivery, message = self.held
+                self.held = None
+                self._submit(delivery, message)
+                continue
             if not self.waiting:
                 break
             self._start(channel, self.waiting.popleft())
@@ -247,13 +315,40 @@ class _Session:
         return False
 
     def _start(self, channel: BlockingChannel, delivery: Delivery) -> None:
-        decoded = decode(self.loop.spec, delivery)
+        try:
+            decoded = decode(self.loop.spec, delivery)
+        except Exception as error:
+            self.loop.settle(channel, delivery, _unexpected(self.loop, delivery, error, "decoding"))
+            return
         if isinstance(decoded, str):
             self.loop.settle(channel, delivery, Outcome("malformed", reason=decoded))
             return
-        future = self.loop.submit(decoded)
+        self._submit(delivery, decoded)
+
+    def _submit(self, delivery: Delivery, message: IncomingMessage) -> None:
+        future = self.loop.submit(message)
         future.add_done_callback(lambda _done: self._wake())  # the main thread settles it
-        self.in_flight = (delivery, future)
+        self.in_flight = (delivery, message, future)
+
+    def _outcome(self, delivery: Delivery, future: Future[Outcome]) -> Outcome:
+        try:
+            return future.result()
+        except Exception as error:  # process() catches the handlers' errors; this is a bug
+            return _unexpected(self.loop, delivery, error, "processing")
+
+    def _hold(self, delivery: Delivery, message: IncomingMessage, outcome: Outcome) -> None:
+        delay = self.loop.outage_backoff()
+        logger.warning(
+            "%s: database unavailable (%s: %s); message %s kept, its attempt not counted,"
+            " trying again in %.1fs",
+            self.loop.spec.name,
+            outcome.error_type,
+            outcome.error_message,
+            message.message_id,
+            delay,
+        )
+        self.held = (delivery, message)
+        self.resume_at = time.monotonic() + delay
 
     def _wake(self) -> None:
         # If the connection is gone, the main thread notices on its own.
@@ -265,10 +360,26 @@ class _Session:
             # Never run two handlers at once, not even across a reconnect: wait for this
             # one. Its delivery tag dies with the channel; the broker redelivers the
             # message and the inbox skips it if the handler committed.
-            self.in_flight[1].result()
+            self.in_flight[2].exception()  # waits; an error was the message's, not ours
         if self.connection.is_open:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 self.connection.close()
+
+
+def _unexpected(loop: ConsumerLoop, delivery: Delivery, error: Exception, stage: str) -> Outcome:
+    logger.error(
+        "%s: unexpected error %s message %s; dead-lettering it",
+        loop.spec.name,
+        stage,
+        delivery.properties.message_id,
+        exc_info=error,
+    )
+    return Outcome(
+        "malformed",
+        reason=f"{REASON_UNEXPECTED} {stage} it: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS],
+        error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+        error_message=str(error)[:MAX_ERROR_CHARS],
+    )
 
 
 def consume(

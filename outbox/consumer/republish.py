@@ -9,6 +9,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import BasicProperties
 
 from outbox import wire
+from outbox.consumer.fields import sendable_headers
 from outbox.consumer.processing import BROKER_DEATH_HEADERS, Delivery, Outcome
 
 
@@ -29,6 +30,9 @@ def dead_letter_headers(outcome: Outcome) -> dict[str, Any]:
     }
     if outcome.kind == "failed":
         headers.update(retry_headers(outcome))
+    elif outcome.error_type:  # the consumer's last-resort guard caught an exception
+        headers[wire.HEADER_ERROR_TYPE] = outcome.error_type
+        headers[wire.HEADER_ERROR_MESSAGE] = outcome.error_message
     return headers
 
 
@@ -41,12 +45,17 @@ def republish(
     extra: dict[str, Any],
 ) -> None:
     """Send a copy of ``delivery`` to ``queue`` with ``extra`` headers, persistent, and wait
-    for the broker's confirm (the channel is in confirm mode)."""
+    for the broker's confirm (the channel is in confirm mode).
+
+    The original's headers go along, except those pika cannot encode or that would not fit in
+    one frame: see ``outbox.consumer.fields.sendable_headers``.
+    """
     original = delivery.properties
     headers = {
         key: value
         for key, value in (original.headers or {}).items()
-        if not key.startswith(BROKER_DEATH_HEADERS)
+        # A key pika could not decode as UTF-8 arrives as bytes; it is not one of these.
+        if not (isinstance(key, str) and key.startswith(BROKER_DEATH_HEADERS))
     }
     headers.setdefault(wire.HEADER_ROUTING_KEY, delivery.routing_key)
     headers[wire.HEADER_CONSUMER] = consumer
@@ -54,7 +63,7 @@ def republish(
     properties = BasicProperties(
         content_type=original.content_type,
         content_encoding=original.content_encoding,
-        headers=headers,
+        headers=sendable_headers(headers),
         delivery_mode=wire.PERSISTENT,
         priority=original.priority,
         correlation_id=original.correlation_id,

@@ -164,6 +164,11 @@ class Migration(migrations.Migration):
                         name="outbox_unpublished_key_idx",
                     ),
                     models.Index(
+                        condition=models.Q(("ordering_key", ""), ("status", "ready")),
+                        fields=["position"],
+                        name="outbox_ready_unkeyed_idx",
+                    ),
+                    models.Index(
                         condition=models.Q(("status", "published")),
                         fields=["published_at"],
                         name="outbox_published_at_idx",

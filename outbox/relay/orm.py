@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from outbox.common.jsontext import encode
 from outbox.models import OutboxMessage
-from outbox.relay.store import ClaimedMessage, RetryPolicy, RetryResult, refuse_inside_atomic
+from outbox.relay.store import (
+    ClaimedMessage,
+    RetryPolicy,
+    RetryResult,
+    max_per_key_setting,
+    refuse_inside_atomic,
+)
 
 __all__ = ["ORMStore"]
 
@@ -29,11 +36,16 @@ _READY = OutboxMessage.Status.READY
 
 
 class ORMStore:
-    """The relay's operations written with the ORM, each in its own short transaction."""
+    """The relay's operations written with the ORM, each in its own short transaction.
 
-    def __init__(self, alias: str, *, retry: RetryPolicy) -> None:
+    ``max_per_key`` as for ``PostgreSQLStore``. Keys are served oldest head first rather than
+    in turns: with one relay and a development backlog, fairness is not worth a cursor.
+    """
+
+    def __init__(self, alias: str, *, retry: RetryPolicy, max_per_key: int | None = None) -> None:
         self.alias = alias
         self.retry = retry
+        self.max_per_key = max_per_key_setting(max_per_key)
 
     def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         rows = self._rows()
@@ -42,12 +54,13 @@ class ORMStore:
         older_unpublished = rows.filter(
             ordering_key=OuterRef("ordering_key"), id__lt=OuterRef("id")
         ).exclude(status=OutboxMessage.Status.PUBLISHED)
-        ids = list(
+        heads = list(
             rows.filter(unleased, status=_READY, next_attempt_at__lte=now)
             .filter(Q(ordering_key="") | ~Exists(older_unpublished))
             .order_by("id")
-            .values_list("id", flat=True)[:limit]
+            .values_list("id", "ordering_key")[:limit]
         )
+        ids = self._with_runs(heads, limit, now)
         if not ids:
             return []
         expires = now + timedelta(seconds=lease_seconds)
@@ -75,6 +88,46 @@ class ORMStore:
             )
             for row in leased
         ]
+
+    def _with_runs(self, heads: list[tuple[int, str]], limit: int, now: datetime) -> list[int]:
+        """``heads`` (id, ordering key; id order) with each keyed head followed by the rest of
+        its run: the key's next unpublished rows in id order while they are ready, due and
+        unleased, ``max_per_key`` rows at most; ``limit`` rows in all, every head among them
+        and the spare places going to the oldest heads' runs first."""
+        # Every head has its place in the batch, so no run can be longer than its head plus
+        # the places the heads leave: that also bounds the rows read here.
+        per_key = min(self.max_per_key or limit, limit - len(heads) + 1)
+        keys = {key for _, key in heads if key}
+        runs: dict[str, list[int]] = {}
+        if per_key > 1 and keys:
+            ended: set[str] = set()
+            leading = (
+                self._rows()
+                .filter(ordering_key__in=keys)
+                .exclude(status=OutboxMessage.Status.PUBLISHED)
+                .annotate(
+                    rank=Window(RowNumber(), partition_by=F("ordering_key"), order_by=F("id").asc())
+                )
+                .filter(rank__lte=per_key)
+                .order_by("ordering_key", "id")
+                .values_list("ordering_key", "id", "status", "next_attempt_at", "lease_expires_at")
+            )
+            for key, row_id, status, due, lease in leading:
+                if key in ended:
+                    continue
+                if status == _READY and due <= now and (lease is None or lease < now):
+                    runs.setdefault(key, []).append(row_id)
+                else:
+                    ended.add(key)
+        chosen: list[int] = []
+        spare = limit - len(heads)  # places left once every head has its own
+        for head, key in heads:
+            run = runs.get(key, [])
+            # The head read first must still open its run; otherwise it goes alone.
+            behind = run[1 : 1 + spare] if run[:1] == [head] else []
+            spare -= len(behind)
+            chosen.extend([head, *behind])
+        return chosen
 
     def mark_published(self, ids: Sequence[int]) -> int:
         if not ids:

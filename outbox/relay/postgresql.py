@@ -1,5 +1,9 @@
 """The PostgreSQL store: each operation is one named query of ``outbox/sql/queries.sql``,
-run in autocommit; claims use SKIP LOCKED so that any number of relays can run at once."""
+run in autocommit; claims use SKIP LOCKED so that any number of relays can run at once.
+
+The claim walks the ordering keys from where this store's previous claim stopped (an
+in-memory cursor, one per store, hence per relay), so every key with publishable rows gets
+its turn however the backlog is shaped; see the ``claim`` query."""
 
 from __future__ import annotations
 
@@ -13,7 +17,13 @@ from django.db.backends.utils import CursorWrapper
 
 from outbox.common.sql import load_queries, rows_as
 from outbox.models import OutboxMessage
-from outbox.relay.store import ClaimedMessage, RetryPolicy, RetryResult, refuse_inside_atomic
+from outbox.relay.store import (
+    ClaimedMessage,
+    RetryPolicy,
+    RetryResult,
+    max_per_key_setting,
+    refuse_inside_atomic,
+)
 
 __all__ = ["PostgreSQLStore", "queries"]
 
@@ -24,23 +34,58 @@ def queries() -> dict[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class _ClaimedRow(ClaimedMessage):
+    # The ordering key the next claim starts after (None: no keyed row was claimed).
+    next_cursor: str | None
+
+
+_CLAIMED_FIELDS = [
+    field.name for field in dataclasses.fields(ClaimedMessage) if field.name != "headers"
+]
+
+
+@dataclasses.dataclass(frozen=True)
 class _RetriedRow:
     id: int
     status: str
 
 
 class PostgreSQLStore:
-    """The named queries: one autocommit statement per operation, SKIP LOCKED claims."""
+    """The named queries: one autocommit statement per operation, SKIP LOCKED claims.
 
-    def __init__(self, alias: str, *, retry: RetryPolicy) -> None:
+    ``max_per_key`` caps the rows of one ordering key in a batch (default
+    ``OUTBOX["MAX_PER_KEY"]``, itself defaulting to the batch size); 1 keeps at most one row
+    per key in flight.
+    """
+
+    def __init__(self, alias: str, *, retry: RetryPolicy, max_per_key: int | None = None) -> None:
         self.alias = alias
         self.retry = retry
+        self.max_per_key = max_per_key_setting(max_per_key)
+        # The last ordering key claimed: the next claim's walk over the keys starts after it.
+        self._cursor_key = ""
 
     def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
-        with self._cursor("claim", owner=owner, limit=limit, lease_seconds=lease_seconds) as c:
-            rows = rows_as(c, ClaimedMessage)
-        # The query returns headers as JSON text (Django leaves jsonb undecoded).
-        claimed = [dataclasses.replace(row, headers=json.loads(str(row.headers))) for row in rows]
+        with self._cursor(
+            "claim",
+            owner=owner,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            after=self._cursor_key,
+            max_per_key=min(limit, self.max_per_key or limit),
+        ) as cursor:
+            rows = rows_as(cursor, _ClaimedRow)
+        if rows and rows[0].next_cursor is not None:
+            self._cursor_key = rows[0].next_cursor
+        claimed = [
+            ClaimedMessage(
+                **{name: getattr(row, name) for name in _CLAIMED_FIELDS},
+                # The query returns headers as JSON text (Django leaves jsonb undecoded).
+                headers=json.loads(str(row.headers)),
+            )
+            for row in rows
+        ]
+        # Position order is publish order: it keeps each key's run in order on the channel.
         claimed.sort(key=lambda message: message.position)
         return claimed
 

@@ -27,6 +27,7 @@ __all__ = [
     "OutboxStore",
     "RetryPolicy",
     "RetryResult",
+    "max_per_key_setting",
     "refuse_inside_atomic",
     "store_for",
 ]
@@ -76,6 +77,19 @@ class RetryPolicy:
         )
 
 
+def max_per_key_setting(given: int | None = None) -> int | None:
+    """The most rows of one ordering key a claim takes: ``given``, else
+    ``OUTBOX["MAX_PER_KEY"]``; None means "as many as the batch holds"."""
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"max_per_key must be a positive integer, got {given!r}")
+        return given
+    value = conf.get("MAX_PER_KEY")
+    if value is not None and not isinstance(value, int):  # pragma: no cover - typed in conf
+        raise TypeError('OUTBOX["MAX_PER_KEY"] is not an integer setting')
+    return value
+
+
 class OutboxStore(Protocol):
     """The relay's operations on the outbox table of one database.
 
@@ -89,8 +103,11 @@ class OutboxStore(Protocol):
     def claim(self, *, owner: str, limit: int, lease_seconds: float) -> list[ClaimedMessage]:
         """Lease up to ``limit`` publishable rows for ``owner``, in position order.
 
-        Per ordering key only the oldest unpublished row is ever returned, so a batch never
-        holds two rows of one key.
+        The rows of one ordering key form its run: the key's oldest unpublished rows, from
+        the oldest on, without a gap, while they are ready, due and unleased, and at most the
+        store's per-key cap (``OUTBOX["MAX_PER_KEY"]``). A key whose oldest unpublished row is
+        failed, leased or not due gives nothing, and holds back no other key. Two claims
+        running at once never share a key: one takes the run, the other none of it.
         """
         ...
 

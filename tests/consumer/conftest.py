@@ -8,9 +8,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from django.db import connection
 from pika.adapters.blocking_connection import BlockingChannel
 from pytest_django.fixtures import Settings
 
+from outbox.consumer.loop import ConsumerLoop
+from outbox.consumer.registry import registry
 from outbox.consumer.topology import Topology, declare
-from tests.broker import Received, connect
+from tests.broker import Received, connect, rabbitmq_is_up
 from tests.consumer import handlers
 from tests.consumer.settings import FAST_RETRIES
 
@@ -150,9 +154,38 @@ class ConsumerBroker:
         raise AssertionError(f"{count} consumers did not attach within {timeout}s")
 
 
+@contextmanager
+def consumer_running() -> Iterator[None]:
+    """The recorder's loop runs on a thread for the block; it is stopped afterwards, and must
+    neither have died meanwhile nor fail to stop."""
+    loop = ConsumerLoop(registry.get(handlers.RECORDER))
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run()
+        except BaseException as error:
+            crashed.append(error)
+
+    thread = threading.Thread(target=run, name="recorder-consumer", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert crashed == []
+
+
 @pytest.fixture
 def broker(settings: Settings) -> Iterator[ConsumerBroker]:
     """The recorder's queues on a fresh exchange, with fast retries; deleted afterwards."""
+    # Other test runs on this machine restart the shared broker now and then: wait for it
+    # rather than fail (starting it here would break their outage).
+    deadline = time.monotonic() + 90
+    while not rabbitmq_is_up() and time.monotonic() < deadline:
+        time.sleep(0.5)
     exchange = f"test-{uuid.uuid4().hex[:12]}"
     settings.OUTBOX = {**settings.OUTBOX, **FAST_RETRIES, "EXCHANGE": exchange}
     topology = declare(handlers.RECORDER)

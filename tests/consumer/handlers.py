@@ -7,6 +7,8 @@ often) a run's transaction committed.
 import time
 from pathlib import Path
 
+from django.db import connection
+
 from outbox import IncomingMessage, integration_handler, publish
 from tests.testapp.models import Counter, LogLine
 
@@ -28,6 +30,10 @@ def record(message: IncomingMessage) -> None:
         if not pause_file.exists():
             pause_file.write_text(message.message_id)
             time.sleep(payload.get("pause_seconds", 60))
+    if payload.get("kill_connection"):
+        # The transaction's own backend ends while the database stays up for everyone else.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     if "sleep" in payload:
         time.sleep(payload["sleep"])
     if "counter" in payload:

@@ -7,8 +7,6 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
@@ -32,7 +30,7 @@ from outbox.wire import (
 )
 from outbox.writer import publish
 from tests.broker import rabbitmq_stopped
-from tests.consumer.conftest import ConsumerBroker
+from tests.consumer.conftest import ConsumerBroker, consumer_running
 from tests.consumer.handlers import RECORDER
 from tests.testapp.models import Counter, CounterBumped, LogLine
 
@@ -184,22 +182,8 @@ def test_heartbeats_are_answered_while_a_handler_runs_long(
     assert broker.depth(broker.topology.queue) == 0
 
 
-@contextmanager
-def recorder_consuming() -> Iterator[None]:
-    """The recorder consumer's loop runs on a thread for the block, and has stopped after it."""
-    loop = ConsumerLoop(registry.get(RECORDER), until_idle=300)
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    try:
-        yield
-    finally:
-        loop.stop()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
-
-
 def test_consumer_reconnects_after_losing_its_connection(broker: ConsumerBroker) -> None:
-    with recorder_consuming():
+    with consumer_running():
         before = broker.send(payload={"n": 1})
         wait_until(lambda: runs_of(before) == 1)
         # What a broker restart does to the consumer: the server closes its connection.
@@ -210,7 +194,7 @@ def test_consumer_reconnects_after_losing_its_connection(broker: ConsumerBroker)
 
 
 def test_consumer_reconnects_after_rabbitmq_restarts(broker: ConsumerBroker) -> None:
-    with recorder_consuming():
+    with consumer_running():
         before = broker.send(payload={"n": 1})
         wait_until(lambda: runs_of(before) == 1)
         with rabbitmq_stopped():

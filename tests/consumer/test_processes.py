@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from outbox.models import InboxMessage
+from outbox.wire import HEADER_ATTEMPTS, HEADER_REASON
 from tests.consumer.conftest import ConsumerBroker
+from tests.consumer.foreign import double, foreign_encoding
 from tests.testapp.models import LogLine
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -97,3 +99,35 @@ def test_two_consumer_processes_on_one_queue_process_each_message_once(
     settled = [int(output.strip().splitlines()[-1].split()[1]) for output in outputs]
     assert sum(settled) == 2 * len(message_ids)
     assert all(count > 0 for count in settled), settled
+
+
+def test_the_poison_messages_that_killed_outbox_consume_are_dead_lettered(
+    broker: ConsumerBroker,
+) -> None:
+    # Issue 10, item 2: each of these killed the process, and again after every restart.
+    broker.send(body=b"[" * 100_000 + b"]" * 100_000, message_id="nested-json")
+    broker.send(properties={"timestamp": 2**62}, message_id="timestamp")
+    broker.send(
+        payload={"fail_attempts": 99},
+        message_id="attempts",
+        properties={
+            "headers": {"aggregate_type": "test", "aggregate_id": "1", HEADER_ATTEMPTS: -10}
+        },
+    )
+    with foreign_encoding():
+        broker.send(
+            "other.event",
+            routing_key="test.foreign",
+            message_id="double-header",
+            properties={"headers": {"x-price": double(1e19)}},
+        )
+    good = broker.send(payload={"n": 1})
+
+    output = finish(broker.start_consumer("--until-idle", "3"))
+
+    assert "5 messages settled" in output
+    assert LogLine.objects.filter(text=good).count() == 1
+    dead = {d.properties.message_id: d.properties.headers or {} for d in broker.dead_letters(4)}
+    assert dead.keys() == {"nested-json", "timestamp", "attempts", "double-header"}
+    assert dead["double-header"]["x-price"] == "10000000000000000000"
+    assert all(headers[HEADER_REASON] for headers in dead.values())

@@ -45,7 +45,7 @@ def test_positions_follow_insertion_within_a_transaction() -> None:
     assert stored == positions
 
 
-def test_a_claim_takes_only_the_oldest_unpublished_row_of_each_key() -> None:
+def test_a_claim_takes_each_keys_rows_in_position_order() -> None:
     write(3, key="1")
     write(2, key="2")
     write(2, key=None)
@@ -53,26 +53,27 @@ def test_a_claim_takes_only_the_oldest_unpublished_row_of_each_key() -> None:
     publisher = relay.publisher
     assert isinstance(publisher, InMemoryPublisher)
     result = relay.publish_batch()
-    # key 1: first row, key 2: first row, both keyless rows.
-    assert result.claimed == 4
-    assert [m.body for m in publisher.published] == [b'{"n": 0}'] * 3 + [b'{"n": 1}']
-    relay.drain()
+    # Every row is publishable: key 1's three, key 2's two and both keyless rows, sent in
+    # position order (write order here).
+    assert result.claimed == 7
+    assert [m.body for m in publisher.published] == [
+        b'{"n": %d}' % n for n in (0, 1, 2, 0, 1, 0, 1)
+    ]
     assert OutboxMessage.objects.filter(status=Status.READY).count() == 0
-    bodies_key_1 = [m.body for m in publisher.published if m.headers.get("aggregate_id") == "1"]
-    assert bodies_key_1 == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
 
 
 def test_a_leased_row_is_not_claimed_twice_and_blocks_its_key() -> None:
     write(2, key="1")
     write(1, key="2")
+    write(1, key="1")
     from outbox.relay.store import store_for
 
     store = store_for()
 
     first = store.claim(owner="a", limit=10, lease_seconds=30)
     second = store.claim(owner="b", limit=10, lease_seconds=30)
-    assert len(first) == 2
-    assert second == [], "the leased head blocks row 2 of its key; key 2's row is leased"
+    assert len(first) == 4
+    assert second == [], "every row is leased, and key 1's leased head blocks later rows"
 
 
 def test_an_expired_lease_makes_the_rows_claimable_again() -> None:
@@ -89,7 +90,9 @@ def test_an_expired_lease_makes_the_rows_claimable_again() -> None:
     assert OutboxMessage.objects.get().lease_owner == "other"
 
 
-def test_refused_rows_use_attempts_then_fail_and_block_only_their_key() -> None:
+def test_refused_rows_use_attempts_then_fail_and_block_only_their_key(settings: Any) -> None:
+    # One row per key in flight: the row behind a refused one is not even sent.
+    settings.OUTBOX = {**settings.OUTBOX, "MAX_PER_KEY": 1}
     write(2, key="poison", event_type="nowhere.x")
     write(3, key="fine")
     publisher = InMemoryPublisher(bindings={"events": ["orders.#"]})
