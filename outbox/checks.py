@@ -11,11 +11,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 
 from outbox import conf
+from outbox.docs import reference
 
-# Hints point at the published docs: a repository path means nothing to a user of the wheel.
-DOCS_URL = (
-    "https://github.com/django-transactional-outbox/django-transactional-outbox/blob/main/docs"
-)
+# Hints name pages through ``python -m outbox.docs``: the wheel ships the docs, so the page
+# exists wherever the package is installed and matches its version (a repository path or a
+# web address would mean nothing offline, or describe another version).
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
@@ -50,6 +50,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         problems.extend(_check_broker_url(conf.get("BROKER_URL")))
         problems.extend(_check_lease())
         problems.extend(_check_kick())
+        problems.extend(_check_deprecated_inbox_retention())
     if not problems and not conf.get("BROKER_URL"):
         problems.append(
             CheckWarning(
@@ -81,7 +82,7 @@ def check_database(**kwargs: Any) -> list[CheckMessage]:
             " SKIP LOCKED (run one relay only, never several), no LISTEN/NOTIFY (the relay polls"
             " every POLL_INTERVAL_SECONDS) and throughput is low; per-aggregate order holds on"
             " SQLite, which serializes writers, but not with concurrent writers elsewhere"
-            f" (see {DOCS_URL}/concepts.md)",
+            f" (see {reference('concepts', 'Databases other than PostgreSQL')})",
             id="outbox.W002",
         )
     ]
@@ -119,6 +120,32 @@ def _check_broker_url(url: str | None) -> list[CheckMessage]:
     ]
 
 
+def _check_deprecated_inbox_retention() -> list[CheckMessage]:
+    """outbox.W003: INBOX_RETENTION_DAYS, the one duration setting that was not in seconds;
+    outbox.E005: both it and INBOX_RETENTION are set, so one of them would be ignored."""
+    options = conf._options()
+    if "INBOX_RETENTION_DAYS" not in options or options["INBOX_RETENTION_DAYS"] is None:
+        return []
+    days = conf.get("INBOX_RETENTION_DAYS")
+    if "INBOX_RETENTION" in options:
+        return [
+            Error(
+                'settings.OUTBOX sets both "INBOX_RETENTION" and the deprecated'
+                ' "INBOX_RETENTION_DAYS"; keep only "INBOX_RETENTION" (seconds)',
+                id="outbox.E005",
+            )
+        ]
+    return [
+        CheckWarning(
+            'settings.OUTBOX["INBOX_RETENTION_DAYS"] is deprecated: every duration setting is'
+            " in seconds now",
+            hint=f'write "INBOX_RETENTION": {round(days * 86400)}  # {days:g} days; see'
+            f" {reference('settings', 'Consumers and inbox')}",
+            id="outbox.W003",
+        )
+    ]
+
+
 def _check_lease() -> list[CheckMessage]:
     """outbox.E004: a lease shorter than the confirm wait lets a second relay claim (and publish
     again) rows whose confirms the first relay is still waiting for."""
@@ -131,7 +158,7 @@ def _check_lease() -> list[CheckMessage]:
             f'settings.OUTBOX["LEASE_SECONDS"] ({lease:g}) must be greater than'
             f' OUTBOX["CONFIRM_TIMEOUT_SECONDS"] ({confirm:g})',
             hint="a claim must outlive the wait for the batch's confirms, or another relay"
-            f" republishes the batch; see {DOCS_URL}/settings.md",
+            f" republishes the batch; see {reference('settings', 'Relay')}",
             id="outbox.E004",
         )
     ]
@@ -149,8 +176,8 @@ def _check_kick() -> list[CheckMessage]:
             'settings.OUTBOX["KICK_ON_COMMIT"] is True but Celery is not installed or has no'
             " broker URL (CELERY_BROKER_URL)",
             hint="install the celery extra and configure the Celery app, or leave"
-            f" KICK_ON_COMMIT unset (None: on only when Celery is configured); see {DOCS_URL}"
-            "/relay.md#kick-on-commit",
+            " KICK_ON_COMMIT unset (None: on only when Celery is configured); see"
+            f" {reference('relay', 'Kick on commit')}",
             id="outbox.E010",
         )
     ]

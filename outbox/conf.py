@@ -7,6 +7,7 @@ without a reload hook.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -125,8 +126,18 @@ SETTINGS: dict[str, Setting] = {
         " its database is unreachable, doubled per failure up to RECONNECT_BACKOFF_MAX_SECONDS",
         minimum=0.01,
     ),
+    "INBOX_RETENTION": Setting(
+        14 * 24 * 3600,
+        (int, float),
+        "seconds inbox records are kept before the purge deletes them",
+        minimum=0,
+    ),
     "INBOX_RETENTION_DAYS": Setting(
-        14, (int, float), "inbox records younger than this are kept by the purge", minimum=0
+        None,
+        (int, float, type(None)),
+        "deprecated: INBOX_RETENTION in days (every other duration setting is in seconds);"
+        " when set, it is used instead",
+        minimum=0,
     ),
     "INBOX_PURGE_BATCH_SIZE": Setting(
         5000, int, "inbox records deleted per transaction by the purge", minimum=1
@@ -225,6 +236,15 @@ def get_bool(name: str) -> bool:
     if not isinstance(value, bool):  # pragma: no cover - the table above types it
         raise TypeError(f"OUTBOX[{name!r}] is not an on/off setting")
     return value
+
+
+def inbox_retention() -> timedelta:
+    """How long inbox records are kept: ``INBOX_RETENTION`` seconds, or the deprecated
+    ``INBOX_RETENTION_DAYS`` when a project still sets it (check ``outbox.W003``)."""
+    days = get("INBOX_RETENTION_DAYS")
+    if days is not None:
+        return timedelta(days=days)
+    return timedelta(seconds=get_float("INBOX_RETENTION"))
 
 
 def unknown_keys() -> list[str]:

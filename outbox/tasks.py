@@ -69,7 +69,7 @@ def publish_outbox(time_budget: float | None = None, kicked_at: float | None = N
 
 @shared_task(name="outbox.tasks.purge_inbox", ignore_result=True)
 def purge_inbox() -> int:
-    """Delete inbox records older than ``OUTBOX["INBOX_RETENTION_DAYS"]``, in batches."""
+    """Delete inbox records older than ``OUTBOX["INBOX_RETENTION"]``, in batches."""
     return purge_inbox_records()
 
 

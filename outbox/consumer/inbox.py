@@ -111,13 +111,13 @@ def purge_inbox(
 ) -> int:
     """Delete inbox records processed longer ago than ``older_than`` and return how many.
 
-    ``older_than`` defaults to ``OUTBOX["INBOX_RETENTION_DAYS"]`` and ``batch_size`` to
+    ``older_than`` defaults to ``OUTBOX["INBOX_RETENTION"]`` and ``batch_size`` to
     ``OUTBOX["INBOX_PURGE_BATCH_SIZE"]``. Each batch is its own short transaction, oldest
     first, so the purge never holds many locks or one long transaction, and can be stopped
     at any point. A message redelivered after its record is purged is processed again.
     """
     if older_than is None:
-        older_than = timedelta(days=conf.get_float("INBOX_RETENTION_DAYS"))
+        older_than = conf.inbox_retention()
     if batch_size is None:
         batch_size = conf.get_int("INBOX_PURGE_BATCH_SIZE")
     if older_than < timedelta(0):

@@ -20,6 +20,7 @@ from django.db.models.functions import Now
 from outbox import conf
 from outbox.common.database import database_now
 from outbox.models import OutboxMessage
+from outbox.relay.publishers import UNROUTABLE_ERROR_PREFIX
 
 # "Is a relay publishing?" looks this far back.
 RELAY_ACTIVITY_WINDOW = timedelta(seconds=60)
@@ -32,6 +33,7 @@ _ESTIMATED_ROWS_SQL = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::re
 
 __all__ = [
     "Backlog",
+    "LatestError",
     "OutboxSummary",
     "backlog",
     "estimated_table_rows",
@@ -42,8 +44,25 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class LatestError:
+    """The error of the unpublished row retried last: what an operator reads first."""
+
+    message_id: str
+    status: str
+    event_type: str
+    exchange: str
+    routing_key: str
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True)
 class OutboxSummary:
-    """A snapshot of the outbox: how much is waiting, how old it is, whether it moves."""
+    """A snapshot of the outbox: how much is waiting, how old it is, whether it moves.
+
+    ``unroutable``: unpublished rows whose last attempt RabbitMQ could not route (no queue
+    bound), ready for a retry or failed; they are also in ``ready`` / ``failed``.
+    """
 
     taken_at: datetime
     ready: int
@@ -56,6 +75,8 @@ class OutboxSummary:
     last_published_at: datetime | None
     published_last_minute: int
     published_per_second: float
+    unroutable: int = 0
+    latest_error: LatestError | None = None
 
     @property
     def relay_active(self) -> bool:
@@ -145,6 +166,7 @@ def summary(using: str | None = None) -> OutboxSummary:
             failed=Count("id", filter=Q(status=OutboxMessage.Status.FAILED)),
             stuck=Count("id", filter=stuck_condition(now)),
             oldest_ready=Min("created_at", filter=Q(status=OutboxMessage.Status.READY)),
+            unroutable=Count("id", filter=Q(last_error__startswith=UNROUTABLE_ERROR_PREFIX)),
         )
     )
     published = messages.filter(status=OutboxMessage.Status.PUBLISHED)
@@ -168,6 +190,8 @@ def summary(using: str | None = None) -> OutboxSummary:
         last_published_at=last_published_at,
         published_last_minute=recent["last_minute"],
         published_per_second=recent["window"] / THROUGHPUT_WINDOW.total_seconds(),
+        unroutable=unpublished["unroutable"],
+        latest_error=_latest_error(messages),
     )
 
 
@@ -183,6 +207,38 @@ def estimated_table_rows(using: str | None = None) -> int:
 
 def _alias(using: str | None) -> str:
     return using or router.db_for_read(OutboxMessage)
+
+
+def _latest_error(messages: QuerySet[OutboxMessage]) -> LatestError | None:
+    # The relay sets next_attempt_at to "now + back-off" with each error, so the latest one
+    # is, to within a back-off, the most recent error. Filtering on "not published" keeps the
+    # query on the partial index of unpublished rows, however many published rows are kept.
+    row = (
+        messages.exclude(status=OutboxMessage.Status.PUBLISHED)
+        .exclude(last_error="")
+        .order_by("-next_attempt_at", "-id")
+        .only(
+            "message_id",
+            "status",
+            "event_type",
+            "exchange",
+            "routing_key",
+            "attempts",
+            "last_error",
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return LatestError(
+        message_id=str(row.message_id),
+        status=row.status,
+        event_type=row.event_type,
+        exchange=row.exchange,
+        routing_key=row.routing_key,
+        attempts=row.attempts,
+        error=row.last_error,
+    )
 
 
 def _messages(using: str | None) -> QuerySet[OutboxMessage]:

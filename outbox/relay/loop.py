@@ -41,6 +41,7 @@ from outbox.relay.store import (
     RetryResult,
     store_for,
 )
+from outbox.relay.unroutable import UnroutableReporter
 
 __all__ = ["BatchResult", "DrainResult", "Relay", "RelaySettings"]
 
@@ -108,13 +109,15 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class DrainResult:
-    """Totals of ``Relay.drain``; ``broker_error`` is set when it stopped for an outage."""
+    """Totals of ``Relay.drain``; ``broker_error`` is set when it stopped for an outage.
+    ``released``: rows handed back unpublished, attempts unchanged, because of that outage."""
 
     published: int = 0
     retried: int = 0
     failed: int = 0
     batches: int = 0
     broker_error: str | None = None
+    released: int = 0
 
 
 class Relay:
@@ -147,6 +150,7 @@ class Relay:
         # Broker answers (and rows to give back) that a database error kept from being
         # written; written before the next claim (see _record_leftovers).
         self._unrecorded: list[_Settlement] = []
+        self._unroutable = UnroutableReporter()
 
     def publish_batch(self) -> BatchResult:
         """Claim one batch, publish it and record the outcome. Database errors propagate.
@@ -185,13 +189,19 @@ class Relay:
     def _settle(self, claimed: list[ClaimedMessage], outcome: PublishOutcome) -> BatchResult:
         """Record the broker's answers: one statement per kind of answer."""
         refused = dict(outcome.refused)
+        by_id = {message.id: message for message in claimed}
+        self._unroutable.report(
+            [by_id[key] for key in outcome.unroutable],
+            relay=self.name,
+            recorded=self.settings.on_unroutable == "record",
+        )
         unroutable: dict[int, str] = {}
         if self.settings.on_unroutable == "record":
             unroutable = dict(outcome.unroutable)
         else:
             refused.update(outcome.unroutable)
         settlement = _Settlement(
-            by_id={message.id: message for message in claimed},
+            by_id=by_id,
             claimed=len(claimed),
             confirmed=list(outcome.confirmed),
             unroutable=unroutable,
@@ -254,10 +264,12 @@ class Relay:
                 )
         return BatchResult(0, published, retried, failed, released)
 
-    def _give_back(self, claimed: list[ClaimedMessage]) -> None:
-        """Release rows claimed but never sent; kept for later if the database fails."""
-        if claimed:
-            self._record(_Settlement.unsent(claimed))
+    def _give_back(self, claimed: list[ClaimedMessage]) -> int:
+        """Release rows claimed but never sent (kept for later if the database fails); return
+        how many were released."""
+        if not claimed:
+            return 0
+        return self._record(_Settlement.unsent(claimed)).released
 
     def _settle_confirmed(self, by_id: _Claimed, confirmed: list[int]) -> int:
         published = self.store.mark_published(confirmed)
@@ -360,6 +372,7 @@ class Relay:
         carried = self._record_leftovers()
         published, retried, failed = carried.published, carried.retried, carried.failed
         batches = 0
+        released = carried.released
         claimed = self._claim()
         while True:
             # The next batch is claimed while the broker confirms this one, so the database
@@ -382,13 +395,16 @@ class Relay:
             published += result.published
             retried += result.retried
             failed += result.failed
+            released += result.released
             if following.error is not None:
                 raise following.error
             if result.broker_error is not None:
-                self._give_back(following.claimed)
-                return DrainResult(published, retried, failed, batches, result.broker_error)
+                released += self._give_back(following.claimed)
+                return DrainResult(
+                    published, retried, failed, batches, result.broker_error, released
+                )
             if stopping or result.claimed == 0:
-                return DrainResult(published, retried, failed, batches)
+                return DrainResult(published, retried, failed, batches, released=released)
             # Rows of this batch's keys may have become claimable only now that it is marked.
             claimed = following.claimed or self._claim()
 

@@ -30,12 +30,16 @@ from outbox.broker import connection_parameters
 from outbox.wire import topic_matches
 
 __all__ = [
+    "UNROUTABLE_ERROR_PREFIX",
     "InMemoryPublisher",
     "OutgoingMessage",
     "PublishOutcome",
     "Publisher",
     "RabbitMQPublisher",
 ]
+
+# How the last_error of a row RabbitMQ could not route starts (outbox_status counts them).
+UNROUTABLE_ERROR_PREFIX = "unroutable:"
 
 
 @dataclass(frozen=True)
@@ -413,7 +417,7 @@ def _nothing() -> None:
 
 def _unroutable_reason(exchange: str, routing_key: str, reply_text: str) -> str:
     return (
-        f"unroutable: no queue is bound to exchange {exchange!r} for routing key"
+        f"{UNROUTABLE_ERROR_PREFIX} no queue is bound to exchange {exchange!r} for routing key"
         f" {routing_key!r} ({reply_text})"
     )
 

@@ -128,7 +128,7 @@ def test_purge_deletes_only_records_older_than_the_window_in_batches() -> None:
 def test_purge_defaults_to_the_retention_setting() -> None:
     _age(2, days=15)
     _age(2, days=13)
-    assert purge_inbox() == 2  # INBOX_RETENTION_DAYS defaults to 14
+    assert purge_inbox() == 2  # INBOX_RETENTION defaults to 14 days
 
 
 @pytest.mark.django_db
@@ -140,6 +140,6 @@ def test_purge_command_and_task() -> None:
     assert purge_task.apply().get() == 1
     output = StringIO()
     call_command("outbox_purge_inbox", "--older-than-days", "2", stdout=output)
-    assert output.getvalue().strip() == "deleted 2 inbox records"
+    assert output.getvalue().startswith("deleted 2 inbox records")
     with pytest.raises(CommandError, match="--batch-size"):
         call_command("outbox_purge_inbox", "--batch-size", "0")

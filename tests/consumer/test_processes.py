@@ -74,7 +74,7 @@ def test_sigterm_finishes_the_message_in_hand_then_exits(
     output = finish(process, timeout=30)
 
     assert "SIGTERM" in output
-    assert "1 messages settled" in output
+    assert "1 message settled" in output
     # The message in hand committed and was acknowledged; the next one was left queued.
     assert LogLine.objects.filter(text=in_hand).count() == 1
     assert LogLine.objects.filter(text=waiting).count() == 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.wheel import build_wheel
+from tests.packaging.test_docs_module import references_in
+from tests.wheel import REPO_ROOT, build_wheel
 
 # Run inside the fresh environment: configure Django with only the two apps on SQLite, load
 # them and run their migrations, so a missing migration or template file would fail here.
@@ -45,6 +46,11 @@ def test_wheel_contains_the_libraries_only_and_installs_cleanly(tmp_path: Path) 
         "outbox/migrations/0001_initial.py"
     ], "one squashed initial migration before the first release"
     assert not [n for n in names if n.startswith(("example_project/", "tests/", "bench/"))]
+    # The docs ship in the package, so that check hints point to pages a user has.
+    shipped_docs = {n for n in names if n.startswith("outbox/_docs/")}
+    assert shipped_docs == {
+        f"outbox/_docs/{page.name}" for page in (REPO_ROOT / "docs").glob("*.md")
+    }
 
     environment = tmp_path / "venv"
     venv.create(environment, with_pip=True)
@@ -60,3 +66,31 @@ def test_wheel_contains_the_libraries_only_and_installs_cleanly(tmp_path: Path) 
     )
     assert smoke.returncode == 0, smoke.stderr[-3000:]
     assert smoke.stdout.strip() == "wheel ok"
+
+    # Every page and section a hint names, read through the installed package.
+    installed = Path(
+        subprocess.run(
+            [str(python), "-c", "import outbox, os; print(os.path.dirname(outbox.__file__))"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=True,
+        ).stdout.strip()
+    )
+    assert environment in installed.parents
+    references = references_in(installed)
+    assert references
+    for page, section in references:
+        shown = subprocess.run(
+            [str(python), "-m", "outbox.docs", page], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert section is None or f"\n## {section}\n" in shown.stdout, (page, section)
+        located = subprocess.run(
+            [str(python), "-m", "outbox.docs", "--path", page],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            check=True,
+        )
+        assert Path(located.stdout.strip()).parent == installed / "_docs"

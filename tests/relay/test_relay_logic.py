@@ -212,7 +212,7 @@ def test_logs_and_metrics_report_counts_and_message_ids(
         relay.drain()
         relay.drain()
     events = {record.__dict__["event"]: record for record in caplog.records}
-    assert set(events) == {"claim", "publish", "retry", "fail"}
+    assert set(events) == {"claim", "publish", "retry", "fail", "first_unroutable"}
     good_ids = {
         str(m)
         for m in OutboxMessage.objects.filter(ordering_key="").values_list("message_id", flat=True)

@@ -1,3 +1,4 @@
+from datetime import timedelta
 from typing import Any
 from unittest import mock
 
@@ -5,6 +6,7 @@ import pytest
 from django.db import connections
 
 from domain_events.checks import check_settings as check_domain_events
+from outbox import conf
 from outbox.checks import check_database, check_settings
 
 
@@ -82,11 +84,12 @@ def test_lease_shorter_than_confirm_timeout_is_an_error(settings: Any) -> None:
     assert ids(check_settings()) == ["outbox.E004"]
 
 
-def test_check_hints_point_at_urls_not_repository_paths() -> None:
+def test_check_hints_point_at_docs_the_installed_package_has() -> None:
     with mock.patch.object(connections["default"], "vendor", "sqlite"):
         [problem] = check_database()
     hint = str(problem.hint)
-    assert "https://" in hint
+    # The wheel ships the pages (tests/packaging/test_wheel.py reads them from one).
+    assert "python -m outbox.docs concepts, section 'Databases other than PostgreSQL'" in hint
     assert " docs/" not in hint
     assert "(docs/" not in hint
 
@@ -110,3 +113,23 @@ def test_domain_events_checks_are_registered() -> None:
 def test_valid_domain_events_setting_passes(settings: Any) -> None:
     settings.DOMAIN_EVENTS = {"MAX_CASCADE_DEPTH": 4}
     assert check_domain_events() == []
+
+
+def test_inbox_retention_is_in_seconds_like_every_duration_setting(settings: Any) -> None:
+    assert conf.inbox_retention() == timedelta(days=14)
+    settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION": 3600}
+    assert conf.inbox_retention() == timedelta(hours=1)
+    assert check_settings() == []
+
+
+def test_the_days_spelling_still_works_and_is_flagged_deprecated(settings: Any) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION_DAYS": 2}
+    assert conf.inbox_retention() == timedelta(days=2)
+    [problem] = check_settings()
+    assert problem.id == "outbox.W003"
+    assert 'write "INBOX_RETENTION": 172800  # 2 days' in str(problem.hint)
+
+
+def test_both_inbox_retention_spellings_is_an_error(settings: Any) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION_DAYS": 2, "INBOX_RETENTION": 60}
+    assert ids(check_settings()) == ["outbox.E005"]

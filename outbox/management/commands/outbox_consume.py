@@ -2,37 +2,51 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from argparse import ArgumentParser
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from outbox.common.durations import DURATION_SYNTAX, duration_argument
 from outbox.consumer.loop import ConsumerLoop
 from outbox.consumer.registry import load_handlers, registry
 from outbox.consumer.topology import declare
 from outbox.exceptions import UnknownConsumerError
+from outbox.management.base import OutboxCommand, broker_address, count
+
+logger = logging.getLogger("outbox.consumer")
 
 
-class Command(BaseCommand):
+class Command(OutboxCommand):
     help = (
         "Consume one consumer's queue: run its integration handlers exactly once per message"
         " (inbox), retry failures with a delay, dead-letter what cannot be processed."
     )
+    console_logging = True
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("consumer", help="consumer name given to @integration_handler")
         parser.add_argument("--exchange", help='exchange to consume (OUTBOX["EXCHANGE"])')
-        parser.add_argument("--prefetch", type=int, help='OUTBOX["CONSUMER_PREFETCH"]')
         parser.add_argument(
-            "--max-messages", type=int, help="exit after settling this many messages"
+            "--prefetch",
+            type=int,
+            metavar="N",
+            help='messages RabbitMQ sends ahead of the acks (default OUTBOX["CONSUMER_PREFETCH"])',
+        )
+        parser.add_argument(
+            "--max-messages",
+            type=int,
+            metavar="N",
+            help="exit after settling this many messages",
         )
         parser.add_argument(
             "--until-idle",
-            type=float,
-            metavar="SECONDS",
-            help="exit once no message has arrived for this many seconds",
+            type=duration_argument,
+            metavar="DURATION",
+            help=f"exit once no message has arrived for this long: {DURATION_SYNTAX}",
         )
         parser.add_argument(
             "--declare-only",
@@ -49,12 +63,11 @@ class Command(BaseCommand):
         for name in ("prefetch", "max_messages"):
             if options[name] is not None and options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-        if options["until_idle"] is not None and options["until_idle"] < 0:
-            raise CommandError("--until-idle must not be negative")
+        until_idle = options["until_idle"]
 
         if options["declare_only"]:
             topology = declare(spec.name, exchange=options["exchange"])
-            self.stdout.write(f"declared {topology.queue} on exchange {topology.exchange}")
+            self.say(f"declared {topology.queue} on exchange {topology.exchange}")
             return
 
         loop = ConsumerLoop(
@@ -62,7 +75,7 @@ class Command(BaseCommand):
             exchange=options["exchange"],
             prefetch=options["prefetch"],
             max_messages=options["max_messages"],
-            until_idle=options["until_idle"],
+            until_idle=None if until_idle is None else until_idle.total_seconds(),
         )
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -78,5 +91,11 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        logger.info(
+            "%s: consuming queue %s from RabbitMQ at %s",
+            spec.name,
+            loop.topology.queue,
+            broker_address(),
+        )
         settled = loop.run()
-        self.stdout.write(f"{spec.name}: {settled} messages settled")
+        self.say(f"{spec.name}: {count(settled, 'message')} settled")

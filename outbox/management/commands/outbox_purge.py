@@ -9,45 +9,61 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from outbox import conf
+from outbox.common.durations import DURATION_SYNTAX, duration_argument, format_duration
+from outbox.management.base import OutboxCommand, count
 from outbox.operations import actions
 
 
-class Command(BaseCommand):
+class Command(OutboxCommand):
     help = "Delete published outbox rows older than the retention period, in batches."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--older-than",
-            type=float,
+            type=duration_argument,
             default=None,
-            metavar="SECONDS",
-            help='retention in seconds (default OUTBOX["RETENTION"])',
+            metavar="DURATION",
+            help=f'retention: {DURATION_SYNTAX} (default OUTBOX["RETENTION"], 7d)',
         )
         parser.add_argument(
             "--batch-size",
             type=int,
             default=None,
+            metavar="N",
             help='rows per DELETE (default OUTBOX["PURGE_BATCH_SIZE"])',
         )
         parser.add_argument(
-            "--max-batches", type=int, default=None, help="stop after this many batches"
+            "--max-batches",
+            type=int,
+            default=None,
+            metavar="N",
+            help="stop after this many batches (default: until done)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        seconds = options["older_than"]
-        if seconds is None:
-            seconds = conf.get_int("RETENTION")
+        older_than: timedelta = options["older_than"] or timedelta(
+            seconds=conf.get_float("RETENTION")
+        )
+        batches = 0
+
+        def batch_done(deleted: int) -> None:
+            nonlocal batches
+            batches += 1
+            self.say(f"batch {batches}: deleted {count(deleted, 'row')}", verbosity=2)
+
         try:
             deleted = actions.purge_published(
-                older_than=timedelta(seconds=seconds),
+                older_than=older_than,
                 batch_size=options["batch_size"],
                 max_batches=options["max_batches"],
+                on_batch=batch_done,
             )
         except ValueError as error:
             raise CommandError(str(error)) from error
-        self.stdout.write(
-            f"Deleted {deleted} published message(s) published more than {seconds:g} s ago."
+        self.say(
+            f"deleted {count(deleted, 'published message')} published more than"
+            f" {format_duration(older_than)} ago"
         )

@@ -1,4 +1,9 @@
-"""``manage.py outbox_relay``: the low-latency relay worker; ``--once`` drains and exits."""
+"""``manage.py outbox_relay``: the low-latency relay worker; ``--once`` drains and exits.
+
+Exit status of ``--once`` (the first that applies): 4 the database cannot be used, 7 rows used
+up their attempts and are failed, 5 RabbitMQ could not be reached (unsent rows released,
+attempts unchanged), 6 rows were refused (unroutable, nack) and wait for a retry, 0 otherwise.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,39 @@ from argparse import ArgumentParser
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from outbox.common.database import is_postgresql
+from outbox.management.base import (
+    EXIT_BROKER_UNAVAILABLE,
+    OutboxCommand,
+    broker_address,
+    database_address,
+)
 from outbox.relay import Relay
+from outbox.relay.loop import DrainResult
 
 logger = logging.getLogger("outbox.relay")
 
+EXIT_ROWS_RETRIED = 6
+EXIT_ROWS_FAILED = 7
 
-class Command(BaseCommand):
+
+class Command(OutboxCommand):
     help = (
         "Publish ready outbox rows to RabbitMQ. Runs until SIGTERM/SIGINT, woken by"
         " PostgreSQL notifications when rows commit (other databases: polling, one relay only);"
-        " --once drains what is ready and exits."
+        " --once drains what is ready and exits: 0 all published, 6 rows refused and retried"
+        " later, 7 rows failed, 5 broker unreachable, 4 database unreachable."
     )
+    console_logging = True
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
             "--once",
             action="store_true",
-            help="publish everything ready now, print how many were published, and exit",
+            help="publish everything ready now, print published/retried/failed/released"
+            " counts, and exit (non-zero when rows were refused or failed)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -49,11 +67,24 @@ class Command(BaseCommand):
 
     def _once(self, relay: Relay) -> None:
         result = relay.drain()
+        summary = _summary(result)
+        if result.failed:
+            raise CommandError(
+                f"{summary}: rows used up their attempts and are failed; see outbox_status",
+                returncode=EXIT_ROWS_FAILED,
+            )
         if result.broker_error is not None:
             raise CommandError(
-                f"published {result.published}, then the broker failed: {result.broker_error}"
+                f"{summary}: cannot reach RabbitMQ at {broker_address()}: {result.broker_error}",
+                returncode=EXIT_BROKER_UNAVAILABLE,
             )
-        self.stdout.write(f"published {result.published}")
+        if result.retried:
+            raise CommandError(
+                f"{summary}: rows were refused by RabbitMQ and wait for a retry;"
+                " see the log above and outbox_status",
+                returncode=EXIT_ROWS_RETRIED,
+            )
+        self.say(summary)
 
     def _run(self, relay: Relay) -> None:
         stop = threading.Event()
@@ -64,7 +95,20 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        self.stdout.write(f"outbox relay {relay.name} running; SIGTERM or Ctrl-C stops it")
-        self.stdout.flush()
+        self.say(f"outbox relay {relay.name} running; SIGTERM or Ctrl-C stops it")
+        logger.info(
+            "relay %s: from the database at %s to RabbitMQ at %s",
+            relay.name,
+            database_address(relay.using),
+            broker_address(),
+            extra={"event": "start", "relay": relay.name},
+        )
         relay.run(stop.is_set)
-        self.stdout.write("outbox relay stopped")
+        self.say("outbox relay stopped")
+
+
+def _summary(result: DrainResult) -> str:
+    return (
+        f"published {result.published}, retried {result.retried}, failed {result.failed},"
+        f" released {result.released}"
+    )

@@ -12,11 +12,12 @@ from datetime import datetime, time
 from typing import Any
 from uuid import UUID
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from outbox.management.base import OutboxCommand, add_noinput_argument, count
 from outbox.models import OutboxMessage
 from outbox.operations import actions
 
@@ -24,7 +25,7 @@ REPLAYABLE = [OutboxMessage.Status.PUBLISHED, OutboxMessage.Status.FAILED]
 PROGRESS_BAR_WIDTH = 30
 
 
-class Command(BaseCommand):
+class Command(OutboxCommand):
     help = (
         "Re-publish outbox events chosen by message id, event type, aggregate, status and"
         " creation time. Keeps message ids unless --new-ids."
@@ -33,18 +34,37 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         chosen = parser.add_argument_group("which rows (combined with AND)")
         chosen.add_argument(
-            "--message-id", type=UUID, nargs="+", action="extend", default=[], metavar="UUID"
+            "--message-id",
+            type=UUID,
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="UUID",
+            help="the rows with these message ids (repeatable)",
         )
-        chosen.add_argument("--event-type", nargs="+", action="extend", default=[])
-        chosen.add_argument("--aggregate-type")
-        chosen.add_argument("--aggregate-id")
+        chosen.add_argument(
+            "--event-type",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="TYPE",
+            help="rows of these event types, e.g. orders.order_placed (repeatable)",
+        )
+        chosen.add_argument(
+            "--aggregate-type",
+            metavar="TYPE",
+            help="rows of this aggregate type (with --aggregate-id)",
+        )
+        chosen.add_argument(
+            "--aggregate-id", metavar="ID", help="rows of this aggregate id (with --aggregate-type)"
+        )
         chosen.add_argument(
             "--status",
             choices=REPLAYABLE,
             nargs="+",
             action="extend",
             default=[],
-            help="default: published",
+            help="rows in these statuses (default: published)",
         )
         chosen.add_argument(
             "--since",
@@ -61,8 +81,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="list the rows that would be replayed"
         )
-        parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        parser.add_argument("--batch-size", type=int, default=actions.DEFAULT_BATCH_SIZE)
+        add_noinput_argument(parser, what="replay")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=actions.DEFAULT_BATCH_SIZE,
+            metavar="N",
+            help=f"rows per transaction (default {actions.DEFAULT_BATCH_SIZE})",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
@@ -76,33 +102,32 @@ class Command(BaseCommand):
                     f"{row.message_id}  {row.status:<9}  {row.created_at.isoformat()}"
                     f"  {row.event_type}  {row.ordering_key or '-'}"
                 )
-            self.stdout.write(f"{total} message(s) would be replayed {how}.")
+            self.say(f"{count(total, 'message')} would be replayed {how}")
             return
         if total == 0:
-            self.stdout.write("No message matches; nothing replayed.")
+            self.say("no message matches; nothing replayed")
             return
-        if not options["yes"]:
-            self._confirm(f"Replay {total} message(s) {how}? [y/N] ")
+        if options["interactive"]:
+            self._confirm(f"Replay {count(total, 'message')} {how}? [y/N] ")
 
-        progress = _ProgressBar(self.stderr, total) if total > options["batch_size"] else None
+        progress = _Progress(self.stderr, total, verbosity=self.verbosity)
         replayed = actions.replay(
             chosen,
             new_ids=options["new_ids"],
             batch_size=options["batch_size"],
-            on_batch=progress.advance if progress else None,
+            on_batch=progress.advance,
         )
-        if progress:
-            progress.finish()
-        self.stdout.write(self.style.SUCCESS(f"{replayed} message(s) replayed {how}."))
+        progress.finish()
+        self.say(f"replayed {count(replayed, 'message')} {how}")
         if replayed < total:
-            self.stdout.write(
-                f"{total - replayed} message(s) skipped: they changed status meanwhile or a"
-                " relay held them."
+            self.say(
+                f"skipped {count(total - replayed, 'message')}: they changed status meanwhile"
+                " or a relay held them"
             )
 
     def _confirm(self, question: str) -> None:
         if not sys.stdin.isatty():
-            raise CommandError("not asking on a non-interactive input: pass --yes to replay")
+            raise CommandError("not asking on a non-interactive input: pass --noinput to replay")
         if input(question).strip().lower() not in {"y", "yes"}:
             raise CommandError("replay cancelled")
 
@@ -145,20 +170,30 @@ def _aware_datetime(text: str) -> datetime:
     return value if timezone.is_aware(value) else timezone.make_aware(value)
 
 
-class _ProgressBar:
-    """A one-line progress bar on stderr, redrawn after each batch."""
+class _Progress:
+    """Progress of a replay on stderr, after each batch: a bar redrawn in place on a terminal
+    (from -v 1), one line per batch elsewhere (from -v 2), so that a pipe or a log file never
+    receives carriage returns."""
 
-    def __init__(self, stream: Any, total: int) -> None:
+    def __init__(self, stream: Any, total: int, *, verbosity: int) -> None:
         self.stream = stream
         self.total = total
         self.done = 0
+        self.on_terminal = stream.isatty()
+        self.verbosity = verbosity
+        self.drawn = False
 
     def advance(self, ids: list[int]) -> None:
         self.done += len(ids)
-        filled = PROGRESS_BAR_WIDTH * self.done // self.total
-        bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {self.done}/{self.total}", ending="")
-        self.stream.flush()
+        if self.on_terminal and self.verbosity >= 1:
+            filled = PROGRESS_BAR_WIDTH * self.done // self.total
+            bar = "#" * filled + "." * (PROGRESS_BAR_WIDTH - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total}", ending="")
+            self.stream.flush()
+            self.drawn = True
+        elif self.verbosity >= 2:
+            self.stream.write(f"replayed {self.done}/{self.total}")
 
     def finish(self) -> None:
-        self.stream.write("")
+        if self.drawn:
+            self.stream.write("")

@@ -2,41 +2,60 @@
 
 Exit status, so it can serve as a health check: 0 healthy; otherwise the sum of 1 (the oldest
 ready row is older than ``--max-age``) and 2 (more failed rows than ``--max-failed``); 4 when
-the outbox cannot be read at all (database down).
+the outbox cannot be read at all (database down). ``--json`` prints one JSON object in every
+case, the database error included.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 from django.db import DatabaseError
 
 from outbox import conf
+from outbox.common.durations import DURATION_SYNTAX, duration_argument, format_duration
+from outbox.management.base import (
+    EXIT_DATABASE_UNAVAILABLE,
+    OutboxCommand,
+    count,
+    database_address,
+    database_error_reason,
+)
 from outbox.operations import stats
+from outbox.relay.publishers import UNROUTABLE_ERROR_PREFIX
+from outbox.relay.unroutable import declare_hint
 
 EXIT_BACKLOG_TOO_OLD = 1
 EXIT_FAILED_ROWS = 2
-EXIT_DATABASE_UNAVAILABLE = 4
+
+# The table shows this much of the latest error; --json has all of it.
+ERROR_PREVIEW_CHARS = 300
 
 
-class Command(BaseCommand):
+class Command(OutboxCommand):
     help = (
-        "Show counts per status, the oldest ready row's age, failed rows and recent throughput."
-        " Exits 1 if the backlog is too old, 2 if rows failed, 3 if both, 4 if the database"
-        " cannot be read."
+        "Show counts per status, unroutable rows, the latest error, the oldest ready row's"
+        " age and recent throughput. Exits 1 if the backlog is too old, 2 if rows failed, 3 if"
+        " both, 4 if the database cannot be read."
     )
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object (also when the database is down)",
+        )
         parser.add_argument(
             "--max-age",
-            type=float,
+            type=duration_argument,
             default=None,
-            metavar="SECONDS",
-            help='unhealthy when the oldest ready row is older (default OUTBOX["STUCK_AFTER"])',
+            metavar="DURATION",
+            help="unhealthy when the oldest ready row is older: "
+            f'{DURATION_SYNTAX} (default OUTBOX["STUCK_AFTER"], 5m)',
         )
         parser.add_argument(
             "--max-failed",
@@ -47,48 +66,87 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        max_age: float = (
-            options["max_age"] if options["max_age"] is not None else conf.get_int("STUCK_AFTER")
-        )
+        max_age: timedelta = options["max_age"] or timedelta(seconds=conf.get_int("STUCK_AFTER"))
         try:
             summary = stats.summary()
         except DatabaseError as error:
             # Its own exit status: "cannot tell" must not read as "backlog too old".
-            self.stderr.write(f"outbox_status: cannot read the outbox: {error}")
+            self._unreadable(error, as_json=options["json"])
             raise SystemExit(EXIT_DATABASE_UNAVAILABLE) from error
         problems = []
         exit_code = 0
         oldest = summary.oldest_ready_age_seconds
-        if oldest is not None and oldest > max_age:
+        if oldest is not None and oldest > max_age.total_seconds():
             exit_code |= EXIT_BACKLOG_TOO_OLD
-            problems.append(f"oldest ready row is {oldest:.0f} s old (limit {max_age:g} s)")
+            problems.append(
+                f"oldest ready row is {format_duration(round(oldest))} old"
+                f" (limit {format_duration(max_age)})"
+            )
         if summary.failed > options["max_failed"]:
             exit_code |= EXIT_FAILED_ROWS
-            problems.append(f"{summary.failed} failed row(s) (limit {options['max_failed']})")
+            problems.append(
+                f"{count(summary.failed, 'failed row')} (limit {options['max_failed']})"
+            )
 
         if options["json"]:
             data = {**summary.as_json(), "healthy": not problems, "problems": problems}
             self.stdout.write(json.dumps(data, indent=2, sort_keys=True))
-        else:
+        elif self.verbosity >= 1:
             self.stdout.write(_table(summary, problems))
+        elif problems:
+            self.stderr.write("unhealthy: " + "; ".join(problems))
         if exit_code:
             raise SystemExit(exit_code)
+
+    def _unreadable(self, error: DatabaseError, *, as_json: bool) -> None:
+        message = (
+            f"cannot read the outbox from the database at {database_address()}:"
+            f" {database_error_reason(error)}"
+        )
+        if as_json:
+            data = {
+                "healthy": False,
+                "problems": [message],
+                "error": message,
+                "database": database_address(),
+            }
+            self.stdout.write(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            self.stderr.write(message)
 
 
 def _table(summary: stats.OutboxSummary, problems: list[str]) -> str:
     oldest = summary.oldest_ready_age_seconds
     published = f"{'~' if summary.published_is_estimate else ''}{summary.published}"
     last = summary.last_published_at.isoformat() if summary.last_published_at else "never"
+    stuck_after = format_duration(summary.stuck_after_seconds)
     rows = [
         ("ready", str(summary.ready)),
         ("failed", str(summary.failed)),
+        ("unroutable (no queue bound)", str(summary.unroutable)),
         ("published (kept)", published),
-        (f"stuck (ready > {summary.stuck_after_seconds} s, or failed)", str(summary.stuck)),
-        ("oldest ready age", "-" if oldest is None else f"{oldest:.1f} s"),
+        (f"stuck (ready > {stuck_after}, or failed)", str(summary.stuck)),
+        ("oldest ready age", "-" if oldest is None else format_duration(round(oldest, 1))),
         ("published in the last minute", str(summary.published_last_minute)),
         ("throughput (last 5 min)", f"{summary.published_per_second:.2f} msg/s"),
         ("last published at", last),
+        ("latest error", _latest_error(summary.latest_error)),
         ("health", "OK" if not problems else "UNHEALTHY: " + "; ".join(problems)),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _latest_error(latest: stats.LatestError | None) -> str:
+    if latest is None:
+        return "-"
+    error = latest.error
+    if len(error) > ERROR_PREVIEW_CHARS:
+        error = error[:ERROR_PREVIEW_CHARS] + "..."
+    text = (
+        f"{latest.status} {latest.event_type} {latest.message_id}"
+        f" (attempt {latest.attempts}): {error}"
+    )
+    if latest.error.startswith(UNROUTABLE_ERROR_PREFIX):
+        text += f"; declare its queue: {declare_hint(latest.exchange, latest.routing_key)}"
+    return text
