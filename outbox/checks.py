@@ -177,7 +177,7 @@ def _check_kick() -> list[CheckMessage]:
             " broker URL (CELERY_BROKER_URL)",
             hint="install the celery extra and configure the Celery app, or leave"
             " KICK_ON_COMMIT unset (None: on only when Celery is configured); see"
-            f" {reference('relay', 'Kick on commit')}",
+            f" {reference('relay', 'Running it')} (Kick on commit)",
             id="outbox.E010",
         )
     ]
