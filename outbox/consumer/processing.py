@@ -1,12 +1,15 @@
-"""One delivery's way through a consumer: decode it, then run its handlers in one transaction
-with its inbox record. Runs no AMQP; the loop settles the ``Outcome`` on the channel."""
+"""A delivery's way through a consumer: decode it, then run its handlers with its inbox record,
+a batch of messages in one transaction (``process_batch``) or one message alone (``process``).
+Runs no AMQP; the loop settles each ``Outcome`` on the channel."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -59,6 +62,8 @@ class Outcome:
     reason: str = ""
     error_type: str = ""
     error_message: str = ""
+    #: Time the handlers ran (processed and failed messages), for the handler-time metric.
+    handler_seconds: float = 0.0
 
 
 def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
@@ -101,6 +106,13 @@ def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
         return f"{wire.HEADER_ATTEMPTS} header is not a count of attempts: {_shown(attempts)}"[
             :MAX_ERROR_CHARS
         ]
+    position = headers.get(wire.HEADER_POSITION)
+    if position is not None and (
+        isinstance(position, bool) or not isinstance(position, int) or position < 0
+    ):
+        return f"{wire.HEADER_POSITION} header is not a position: {_shown(position)}"[
+            :MAX_ERROR_CHARS
+        ]
     timestamp = properties.timestamp
     try:
         sent_at = datetime.fromtimestamp(timestamp, UTC) if timestamp else None
@@ -127,6 +139,7 @@ def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
         aggregate_id=_header_text(headers.get(wire.AGGREGATE_ID_HEADER)),
         timestamp=sent_at,
         attempt=attempts + 1,
+        position=None if position is None else int(position),
     )
 
 
@@ -170,6 +183,74 @@ def _header_text(value: object) -> str:
     return str(value)
 
 
+#: How a batch's inbox records are written: ``inbox.claim_batch`` (consumer, (message id,
+#: event type) pairs, database alias) -> the ids recorded now.
+BatchClaim = Callable[[str, Sequence[tuple[str, str]], str], set[str]]
+
+
+def _claim_batch(consumer: str, messages: Sequence[tuple[str, str]], alias: str) -> set[str]:
+    return inbox.claim_batch(consumer, messages, using=alias)
+
+
+def process_batch(
+    spec: ConsumerSpec, messages: Sequence[IncomingMessage], *, claim: BatchClaim = _claim_batch
+) -> list[Outcome]:
+    """Run the handlers of ``messages`` (distinct message ids) in one transaction, each message
+    in its own savepoint, and return their outcomes in order.
+
+    The inbox records of the whole batch are written first, in one statement; a message
+    already recorded is a duplicate and runs nothing. A handler that raises rolls back its
+    savepoint and its record and becomes a "failed" outcome; the others commit together.
+    Never raises: a database outage anywhere makes every outcome "outage" (nothing was
+    committed), and any other failure of the batch as a whole (a savepoint that cannot be
+    rolled back, a commit refused) processes the messages again one at a time with
+    ``process``, so only the message at fault fails. ``claim`` is for measuring the inbox's
+    cost (``bench/consumer.py``).
+    """
+    if len({message.message_id for message in messages}) != len(messages):
+        raise ValueError("a batch holds each message id once")
+    alias = router.db_for_write(InboxMessage)
+    outcomes: list[Outcome] = []
+    try:
+        with transaction.atomic(using=alias):
+            fresh = claim(spec.name, [(m.message_id, m.event_type) for m in messages], alias)
+            for message in messages:
+                if message.message_id in fresh:
+                    outcomes.append(_run_in_savepoint(spec, message, alias))
+                else:
+                    outcomes.append(Outcome("duplicate", message.attempt))
+    except Exception as error:
+        if is_database_outage(error, alias):
+            outage = _outage(error, alias)
+            return [dataclasses.replace(outage, attempt=m.attempt) for m in messages]
+        logger.warning(
+            "%s: a batch of %d messages failed as a whole; processing them one at a time",
+            spec.name,
+            len(messages),
+            exc_info=True,
+        )
+        drop_broken_database_connections()
+        return [process(spec, message) for message in messages]
+    return outcomes
+
+
+def _run_in_savepoint(spec: ConsumerSpec, message: IncomingMessage, alias: str) -> Outcome:
+    """Run ``message``'s handlers in a savepoint of the batch's transaction; a failure rolls
+    back the savepoint and the message's inbox record. An error that broke the transaction
+    (an outage, a savepoint that could not be rolled back) propagates: it ends the batch."""
+    started = time.perf_counter()
+    try:
+        with _handler_span(spec, message), transaction.atomic(using=alias):
+            _run_handlers(spec, message)
+    except Exception as error:
+        elapsed = time.perf_counter() - started
+        if connections[alias].needs_rollback or is_database_outage(error, alias):
+            raise
+        inbox.unclaim(spec.name, message.message_id, using=alias)
+        return _failed(spec, message, error, elapsed)
+    return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
+
+
 def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
     """Run ``message``'s handlers once, in one transaction with its inbox record.
 
@@ -178,46 +259,67 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
     ``is_database_outage``), which costs the message no attempt.
     """
     alias = router.db_for_write(InboxMessage)
+    started = time.perf_counter()
     try:
-        # The span (a no-op without OpenTelemetry) continues the producer's trace, so spans and
-        # outbox messages of the handler join it too.
-        with (
-            tracing.continue_trace(message.headers, name=f"{spec.name} {message.event_type}"),
-            transaction.atomic(using=alias),
-        ):
+        with _handler_span(spec, message), transaction.atomic(using=alias):
             if not inbox.claim(spec.name, message.message_id, event_type=message.event_type):
                 return Outcome("duplicate", message.attempt)
-            for func in spec.handlers_for(message.event_type):
-                func(message)
+            started = time.perf_counter()
+            _run_handlers(spec, message)
     except Exception as error:
-        error_type = f"{type(error).__module__}.{type(error).__qualname__}"
+        elapsed = time.perf_counter() - started
         if is_database_outage(error, alias):
-            # Django reconnects on the next query once the broken connection is closed.
-            with contextlib.suppress(DatabaseError):
-                connections[alias].close()
-            return Outcome(
-                "outage",
-                message.attempt,
-                error_type=error_type,
-                error_message=str(error)[:MAX_ERROR_CHARS],
-            )
-        logger.warning(
-            "%s: handler failed on %s %s (attempt %d)",
-            spec.name,
-            message.event_type,
-            message.message_id,
-            message.attempt,
-            exc_info=True,
-        )
+            return dataclasses.replace(_outage(error, alias), attempt=message.attempt)
         drop_broken_database_connections()
-        return Outcome(
-            "failed",
-            message.attempt,
-            reason=REASON_HANDLER_FAILED,
-            error_type=error_type,
-            error_message=str(error)[:MAX_ERROR_CHARS],
-        )
-    return Outcome("processed", message.attempt)
+        return _failed(spec, message, error, elapsed)
+    return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
+
+
+def _handler_span(
+    spec: ConsumerSpec, message: IncomingMessage
+) -> contextlib.AbstractContextManager[object]:
+    # The span (a no-op without OpenTelemetry) continues the producer's trace, so spans and
+    # outbox messages of the handler join it too.
+    return tracing.continue_trace(message.headers, name=f"{spec.name} {message.event_type}")
+
+
+def _run_handlers(spec: ConsumerSpec, message: IncomingMessage) -> None:
+    for func in spec.handlers_for(message.event_type):
+        func(message)
+
+
+def _failed(
+    spec: ConsumerSpec, message: IncomingMessage, error: Exception, elapsed: float
+) -> Outcome:
+    logger.warning(
+        "%s: handler failed on %s %s (attempt %d)",
+        spec.name,
+        message.event_type,
+        message.message_id,
+        message.attempt,
+        exc_info=error,
+    )
+    return Outcome(
+        "failed",
+        message.attempt,
+        reason=REASON_HANDLER_FAILED,
+        error_type=_error_type(error),
+        error_message=str(error)[:MAX_ERROR_CHARS],
+        handler_seconds=elapsed,
+    )
+
+
+def _outage(error: Exception, alias: str) -> Outcome:
+    # Django reconnects on the next query once the broken connection is closed.
+    with contextlib.suppress(DatabaseError):
+        connections[alias].close()
+    return Outcome(
+        "outage", error_type=_error_type(error), error_message=str(error)[:MAX_ERROR_CHARS]
+    )
+
+
+def _error_type(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__qualname__}"
 
 
 def is_database_outage(error: BaseException, alias: str) -> bool:

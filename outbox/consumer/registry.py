@@ -31,6 +31,10 @@ class IncomingMessage:
 
     ``attempt`` counts handler runs of this message by this consumer, 1 on the first.
     ``routing_key`` is the key the producer published with, also after retries.
+    ``position`` is the message's place in its aggregate's commit order (header
+    ``x-outbox-position``): a later commit of the same ``aggregate_type`` and ``aggregate_id``
+    has a greater one. The numbers grow but have gaps, so compare them, do not count on them.
+    None for a message without an aggregate, or from a producer other than the outbox relay.
     """
 
     consumer: str
@@ -43,6 +47,7 @@ class IncomingMessage:
     aggregate_id: str = ""
     timestamp: datetime | None = None
     attempt: int = 1
+    position: int | None = None
 
 
 IntegrationHandler = Callable[[IncomingMessage], object]

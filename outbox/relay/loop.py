@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from outbox import conf
+from outbox import conf, wire
 from outbox.common.database import outbox_alias
 from outbox.operations import metrics
 from outbox.relay.listener import ReadyListener
@@ -533,10 +533,9 @@ class _Prefetch:
 
 
 def _outgoing(message: ClaimedMessage) -> OutgoingMessage:
-    headers = dict(message.headers)
-    if message.aggregate_type:
-        headers["aggregate_type"] = message.aggregate_type
-        headers["aggregate_id"] = message.aggregate_id
+    headers = wire.message_headers(
+        message.headers, message.aggregate_type, message.aggregate_id, message.position
+    )
     return OutgoingMessage(
         key=message.id,
         message_id=str(message.message_id),
