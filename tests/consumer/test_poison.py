@@ -26,6 +26,7 @@ from outbox.models import InboxMessage
 from outbox.wire import (
     HEADER_ATTEMPTS,
     HEADER_ERROR_TYPE,
+    HEADER_POSITION,
     HEADER_REASON,
     HEADER_REWRITTEN,
 )
@@ -124,6 +125,21 @@ POISON_PROPERTIES = [
         {"headers": {HEADER_ATTEMPTS: None}},
         f"{HEADER_ATTEMPTS} header is not a count of attempts: None",
         id="attempts-none",
+    ),
+    pytest.param(
+        {"headers": {HEADER_POSITION: "7"}},
+        f"{HEADER_POSITION} header is not a position: '7'",
+        id="position-string",
+    ),
+    pytest.param(
+        {"headers": {HEADER_POSITION: -1}},
+        f"{HEADER_POSITION} header is not a position: -1",
+        id="position-negative",
+    ),
+    pytest.param(
+        {"headers": {HEADER_POSITION: True}},
+        f"{HEADER_POSITION} header is not a position: True",
+        id="position-bool",
     ),
     pytest.param(
         {"properties": {"message_id": b"\xff\xfe"}},
