@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 
 import pika
+from django.conf import settings
 from django.core.management import call_command
 from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     options = parser.parse_args()
     logging.getLogger("outbox").setLevel(logging.WARNING)
+    settings.DEBUG = False  # as in production: Django keeps no log of the queries
     messages = 1_000 if options.quick else 10_000
     rounds = 1 if options.quick else 3
 

@@ -195,30 +195,37 @@ def _claim_batch(consumer: str, messages: Sequence[tuple[str, str]], alias: str)
 def process_batch(
     spec: ConsumerSpec, messages: Sequence[IncomingMessage], *, claim: BatchClaim = _claim_batch
 ) -> list[Outcome]:
-    """Run the handlers of ``messages`` (distinct message ids) in one transaction, each message
-    in its own savepoint, and return their outcomes in order.
+    """Run the handlers of ``messages`` (distinct message ids) in one transaction and return
+    their outcomes in order.
 
     The inbox records of the whole batch are written first, in one statement; a message
-    already recorded is a duplicate and runs nothing. A handler that raises rolls back its
-    savepoint and its record and becomes a "failed" outcome; the others commit together.
-    Never raises: a database outage anywhere makes every outcome "outage" (nothing was
-    committed), and any other failure of the batch as a whole (a savepoint that cannot be
-    rolled back, a commit refused) processes the messages again one at a time with
-    ``process``, so only the message at fault fails. ``claim`` is for measuring the inbox's
-    cost (``bench/consumer.py``).
+    already recorded is a duplicate and runs nothing. The handlers then run one message after
+    the other. If one raises, the transaction is rolled back and run again with a savepoint
+    per message, without the message that failed (its outcome is "failed"): a handler that
+    raises in that run rolls back only its savepoint and its inbox record. So the commit holds
+    the effects and records of exactly the messages whose handlers succeeded.
+
+    Never raises: a database outage makes every outcome "outage" (nothing was committed), and
+    any other failure of the transaction as a whole (a savepoint that cannot be rolled back, a
+    commit refused) processes the messages again one at a time with ``process``, so that only
+    the message at fault fails. ``claim`` is for measuring the inbox's cost
+    (``bench/consumer.py``).
     """
     if len({message.message_id for message in messages}) != len(messages):
         raise ValueError("a batch holds each message id once")
     alias = router.db_for_write(InboxMessage)
-    outcomes: list[Outcome] = []
+    failed: dict[str, Outcome] = {}
     try:
-        with transaction.atomic(using=alias):
-            fresh = claim(spec.name, [(m.message_id, m.event_type) for m in messages], alias)
-            for message in messages:
-                if message.message_id in fresh:
-                    outcomes.append(_run_in_savepoint(spec, message, alias))
-                else:
-                    outcomes.append(Outcome("duplicate", message.attempt))
+        try:
+            return _batch_transaction(spec, messages, alias, claim, failed=None)
+        except _HandlerFailedError as failure:
+            # Rolled back; judged only now, since an aborted transaction fails every query.
+            if is_database_outage(failure.error, alias):
+                raise failure.error from None
+            failed[failure.message.message_id] = _failed(
+                spec, failure.message, failure.error, failure.elapsed
+            )
+        return _batch_transaction(spec, messages, alias, claim, failed=failed)
     except Exception as error:
         if is_database_outage(error, alias):
             outage = _outage(error, alias)
@@ -230,14 +237,63 @@ def process_batch(
             exc_info=True,
         )
         drop_broken_database_connections()
-        return [process(spec, message) for message in messages]
+        return [failed.get(message.message_id) or process(spec, message) for message in messages]
+
+
+class _HandlerFailedError(Exception):
+    """A handler raised in a batch run without savepoints; the batch's transaction ends."""
+
+    def __init__(self, message: IncomingMessage, error: Exception, elapsed: float) -> None:
+        super().__init__(message.message_id)
+        self.message = message
+        self.error = error
+        self.elapsed = elapsed
+
+
+def _batch_transaction(
+    spec: ConsumerSpec,
+    messages: Sequence[IncomingMessage],
+    alias: str,
+    claim: BatchClaim,
+    *,
+    failed: dict[str, Outcome] | None,
+) -> list[Outcome]:
+    """One transaction over ``messages``. ``failed`` None: no savepoints, and the first handler
+    that raises ends it with ``_HandlerFailedError``. Otherwise one savepoint per message, and
+    the messages in ``failed`` keep that outcome without running again."""
+    skipped = failed or {}
+    with transaction.atomic(using=alias):
+        to_run = [m for m in messages if m.message_id not in skipped]
+        fresh = claim(spec.name, [(m.message_id, m.event_type) for m in to_run], alias)
+        outcomes: list[Outcome] = []
+        for message in messages:
+            if message.message_id in skipped:
+                outcomes.append(skipped[message.message_id])
+            elif message.message_id not in fresh:
+                outcomes.append(Outcome("duplicate", message.attempt))
+            elif failed is None:
+                outcomes.append(_run_unguarded(spec, message))
+            else:
+                outcomes.append(_run_in_savepoint(spec, message, alias))
     return outcomes
+
+
+def _run_unguarded(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
+    """Run ``message``'s handlers with no savepoint of their own: the fast path, which costs
+    no round trip beyond the handlers' own queries."""
+    started = time.perf_counter()
+    try:
+        with _handler_span(spec, message):
+            _run_handlers(spec, message)
+    except Exception as error:
+        raise _HandlerFailedError(message, error, time.perf_counter() - started) from error
+    return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
 
 
 def _run_in_savepoint(spec: ConsumerSpec, message: IncomingMessage, alias: str) -> Outcome:
     """Run ``message``'s handlers in a savepoint of the batch's transaction; a failure rolls
-    back the savepoint and the message's inbox record. An error that broke the transaction
-    (an outage, a savepoint that cannot be set or rolled back) propagates: it ends the batch.
+    back the savepoint and the message's inbox record. A savepoint that cannot be set or
+    rolled back (the transaction or the connection is broken) propagates: it ends the batch.
 
     The savepoint of a message that succeeded is not released: the commit ends it with the
     others, and a ``RELEASE`` would cost a round trip per message while freeing nothing (the
@@ -251,11 +307,10 @@ def _run_in_savepoint(spec: ConsumerSpec, message: IncomingMessage, alias: str) 
             _run_handlers(spec, message)
     except Exception as error:
         elapsed = time.perf_counter() - started
-        if is_database_outage(error, alias):
-            raise
         transaction.savepoint_rollback(savepoint, using=alias)
         # Rolled back to before the error: the transaction is usable again, whatever an
-        # atomic block inside the handler marked.
+        # atomic block inside the handler marked, and the connection answered, so this is
+        # the message's failure, not an outage.
         transaction.set_rollback(False, using=alias)
         inbox.unclaim(spec.name, message.message_id, using=alias)
         return _failed(spec, message, error, elapsed)
