@@ -34,6 +34,11 @@ def record(message: IncomingMessage) -> None:
         # The transaction's own backend ends while the database stays up for everyone else.
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    if payload.get("time_out"):
+        # An OperationalError on a connection that still works: the message's failure.
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = '10ms'")
+            cursor.execute("SELECT pg_sleep(1)")
     if "sleep" in payload:
         time.sleep(payload["sleep"])
     if "counter" in payload:

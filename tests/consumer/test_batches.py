@@ -15,6 +15,7 @@ from outbox.consumer.loop import ConsumerLoop, consume
 from outbox.consumer.processing import Outcome
 from outbox.consumer.registry import IncomingMessage
 from outbox.models import InboxMessage, OutboxMessage
+from outbox.wire import HEADER_ATTEMPTS, HEADER_ERROR_TYPE
 from tests.consumer.conftest import ConsumerBroker
 from tests.consumer.crashing_consumer import EXIT_STATUS
 from tests.consumer.handlers import RECORDER
@@ -86,6 +87,26 @@ def test_a_failing_handler_in_the_middle_of_a_batch_retries_alone_and_the_rest_c
         "outbox_consumer_duplicates_skipped_total": 0,
         "outbox_consumer_handler_seconds_count": 9,  # the failed run is timed too
     }
+
+
+def test_a_statement_timeout_in_a_batch_is_that_message_failure_not_an_outage(
+    broker: ConsumerBroker,
+) -> None:
+    # The timeout aborts the batch's transaction; judged inside it, every query fails and
+    # the whole batch would look like a database outage, held forever.
+    good = [broker.send(payload={"n": 1})]
+    doomed = broker.send(payload={"time_out": True})
+    good += [broker.send(payload={"n": 2})]
+
+    assert consume(RECORDER, max_messages=5, until_idle=10) == 5  # 3 attempts of the doomed
+
+    [dead] = broker.dead_letters(1)
+    headers = dead.properties.headers or {}
+    assert dead.properties.message_id == doomed
+    assert headers[HEADER_ATTEMPTS] == 3
+    assert headers[HEADER_ERROR_TYPE] == "django.db.utils.OperationalError"
+    assert runs(good) == dict.fromkeys(good, 1)
+    assert not InboxMessage.objects.filter(message_id=doomed).exists()
 
 
 def test_duplicates_and_dead_letters_are_counted(broker: ConsumerBroker) -> None:
