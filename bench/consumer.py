@@ -53,11 +53,24 @@ def record_nothing(consumer: str, messages: Sequence[tuple[str, str]], alias: st
     return {message_id for message_id, _ in messages}
 
 
-class WithoutInboxLoop(ConsumerLoop):
-    """The same loop (batches, one savepoint per message, one commit per batch), but with no
-    inbox record: the baseline cost of consuming, without exactly-once."""
+class CountingLoop(ConsumerLoop):
+    """The consume loop as ``outbox_consume`` runs it, counting its batches."""
+
+    batches = 0
 
     def process_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        self.batches += 1
+        return self.claimed_batch(messages)
+
+    def claimed_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        return super().process_batch(messages)
+
+
+class WithoutInboxLoop(CountingLoop):
+    """The same loop (batches, one commit per batch), but with no inbox record: the baseline
+    cost of consuming, without exactly-once."""
+
+    def claimed_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
         return process_batch(self.spec, messages, claim=record_nothing)
 
 
@@ -82,9 +95,13 @@ def main() -> None:
             if number % 2:
                 order.reverse()
             for consumer in order:
-                rate = run(consumer, messages)
+                rate, batch, cpu = run(consumer, messages)
                 rates[consumer].append(rate)
-                print(f"round {number + 1}: {consumer:<12} {rate:8.0f} messages/s", flush=True)
+                print(
+                    f"round {number + 1}: {consumer:<12} {rate:8.0f} messages/s,"
+                    f" {batch:5.1f} messages per batch, {cpu:4.0f} us CPU per message",
+                    flush=True,
+                )
     finally:
         clean_up()
     prefetch, batch_size = conf.get("CONSUMER_PREFETCH"), conf.get("CONSUMER_BATCH_SIZE")
@@ -123,15 +140,17 @@ def fill_queues(count: int) -> None:
     connection.close()
 
 
-def run(consumer: str, count: int) -> float:
-    """Consume ``count`` messages with ``consumer``; return messages per second."""
-    loop_class = ConsumerLoop if consumer == WITH_INBOX else WithoutInboxLoop
+def run(consumer: str, count: int) -> tuple[float, float, float]:
+    """Consume ``count`` messages with ``consumer``; return messages per second, the average
+    batch size and the consumer process's CPU time per message in microseconds (which a
+    loaded machine inflates less than the wall-clock rate)."""
+    loop_class = CountingLoop if consumer == WITH_INBOX else WithoutInboxLoop
     loop = loop_class(registry.get(consumer), max_messages=count)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     settled = loop.run()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     assert settled == count, (settled, count)
-    return count / elapsed
+    return count / elapsed, count / max(1, loop.batches), cpu / count * 1e6
 
 
 def clean_up() -> None:
