@@ -245,7 +245,7 @@ class ConsumerLoop:
         original is to be acknowledged (False: it was rejected into the dead-letter queue)."""
         queue = self.topology.retry_queue(outcome.attempt)
         if not self._republish(channel, queue, delivery, outcome, retry_headers(outcome)):
-            self._dead_lettered(delivery, outcome)
+            self.dead_lettered(delivery, outcome)
             return False
         metrics.consumer_retried(self.spec.name)
         logger.info(
@@ -262,7 +262,7 @@ class ConsumerLoop:
         rejected, which dead-letters it through the broker)."""
         queue = self.topology.dead_letter_queue
         copied = self._republish(channel, queue, delivery, outcome, dead_letter_headers(outcome))
-        self._dead_lettered(delivery, outcome)
+        self.dead_lettered(delivery, outcome)
         if copied:
             logger.error(
                 "%s: message %s dead-lettered to %s: %s %s",
@@ -274,9 +274,10 @@ class ConsumerLoop:
             )
         return copied
 
-    def _dead_lettered(self, delivery: Delivery, outcome: Outcome) -> None:
-        """``delivery`` is in the dead-letter queue now (copied or rejected there): the one
-        place every dead letter of this consumer passes."""
+    def dead_lettered(self, delivery: Delivery, outcome: Outcome) -> None:
+        """``delivery`` is in the dead-letter queue now (copied there, or rejected into it
+        when the copy failed): the one place every dead letter of this consumer passes, so
+        what records dead letters is called from here. ``outcome`` says why."""
         metrics.consumer_dead_lettered(self.spec.name)
 
     def _republish(
