@@ -75,7 +75,7 @@ class ConsumerLoop:
     and be acknowledged; messages prefetched but not started go back to the queue. With
     ``max_messages`` the loop ends after settling that many; with ``until_idle`` once nothing
     has arrived for that many seconds. A lost connection is re-opened with a growing delay,
-    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``; so is a message held while its
+    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``; so is a batch held while its
     database is unreachable (``processing.is_database_outage``), which uses no attempt.
     No message content stops the loop: what cannot be decoded, routed or copied is
     dead-lettered on its own.
@@ -485,9 +485,9 @@ class _Session:
 
     def _close(self) -> None:
         if self.in_flight is not None:
-            # Never run two handlers at once, not even across a reconnect: wait for this
-            # one. Its delivery tag dies with the channel; the broker redelivers the
-            # message and the inbox skips it if the handler committed.
+            # Never run two batches at once, not even across a reconnect: wait for this
+            # one. Its delivery tags die with the channel; the broker redelivers the
+            # messages and the inbox skips those whose batch committed.
             self.in_flight[1].exception()  # waits; an error was the message's, not ours
         if self.connection.is_open:
             with contextlib.suppress(*_CONNECTION_ERRORS):
