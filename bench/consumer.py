@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from outbox.models import InboxMessage
 WITH_INBOX = "bench-inbox"
 WITHOUT_INBOX = "bench-plain"
 EVENT_TYPE = "bench.order_placed"
+SETTLE_SECONDS = 3
 BODY = b'{"order_id":"2f0c3a6e-1d2b-4c55-9a43-5d7f3b1e9c10","sku":"demo-mug","quantity":2}'
 
 
@@ -105,9 +107,10 @@ def main() -> None:
     finally:
         clean_up()
     prefetch, batch_size = conf.get("CONSUMER_PREFETCH"), conf.get("CONSUMER_BATCH_SIZE")
+    load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
     print(
         f"\n{messages} messages per run, {rounds} round(s), prefetch {prefetch},"
-        f" batch size {batch_size}:"
+        f" batch size {batch_size}; load average {load}:"
     )
     print(f"  {'':18} {'median':>8} {'best':>8}  messages/s")
     for label, consumer in (("with the inbox", WITH_INBOX), ("without the inbox", WITHOUT_INBOX)):
@@ -138,6 +141,9 @@ def fill_queues(count: int) -> None:
         while (channel.queue_declare(queue, passive=True).method.message_count or 0) < count:
             connection.sleep(0.1)
     connection.close()
+    # RabbitMQ is still writing the persistent messages for a moment: without a pause, the
+    # variant that runs first in a round pays for it.
+    time.sleep(SETTLE_SECONDS)
 
 
 def run(consumer: str, count: int) -> tuple[float, float, float]:
