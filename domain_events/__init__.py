@@ -20,7 +20,9 @@ from domain_events.eventsourcing.exceptions import (
     EventStoreError,
     InvalidAggregateError,
     SerializationError,
+    UnsupportedDatabaseError,
     UpcastError,
+    VersionNotFoundError,
 )
 from domain_events.eventsourcing.upcasting import upcaster
 from domain_events.exceptions import CascadeDepthError, DomainEventError, EventTypeConflictError
@@ -56,7 +58,9 @@ __all__ = [
     "Projection",
     "RecordedEvent",
     "SerializationError",
+    "UnsupportedDatabaseError",
     "UpcastError",
+    "VersionNotFoundError",
     "applies",
     "dispatch",
     "handler",

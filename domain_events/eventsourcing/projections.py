@@ -24,6 +24,7 @@ from uuid import UUID
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from domain_events.events import DomainEvent
+from domain_events.eventsourcing.database import require_postgresql
 from domain_events.eventsourcing.queries import queries
 from domain_events.eventsourcing.serialization import event_from_data
 from domain_events.eventsourcing.upcasting import upcast
@@ -88,6 +89,7 @@ def read_events(
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    require_postgresql(using)
     with connections[using].cursor() as cursor:
         cursor.execute(
             queries["read_all"],
@@ -99,6 +101,7 @@ def read_events(
 
 def count_events_after(after: Checkpoint = START, *, using: str = DEFAULT_DB_ALIAS) -> int:
     """How many stored events sort after ``after`` (committed ones, horizon not applied)."""
+    require_postgresql(using)
     with connections[using].cursor() as cursor:
         cursor.execute(
             queries["count_after"],
@@ -157,6 +160,7 @@ def run_projection(
         raise ValueError(f"{type(projection).__qualname__}.name must be set")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    require_postgresql(using)
     start: Checkpoint | None = START if rebuild else after
     processed = 0
     with transaction.atomic(using=using):

@@ -19,6 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from domain_events.dispatcher import dispatch
 from domain_events.events import DomainEvent
 from domain_events.eventsourcing.aggregate import EventSourcedAggregate
+from domain_events.eventsourcing.database import require_postgresql
 from domain_events.eventsourcing.exceptions import (
     AggregateNotFoundError,
     ConcurrencyError,
@@ -51,6 +52,7 @@ class EventStore:
 
         Raises ``AggregateNotFoundError`` when the aggregate has no stored event.
         """
+        require_postgresql(self.using)
         aggregate = aggregate_class(aggregate_id)
         key = {"aggregate_type": aggregate_class.aggregate_type, "aggregate_id": aggregate.id}
         after = 0
@@ -101,6 +103,7 @@ class EventStore:
         domain-event handlers run inside it, before commit, and their failure rolls it back.
         On success the pending events are cleared; on failure they stay pending.
         """
+        require_postgresql(self.using)
         pending = list(aggregate.pending_events)
         if not pending:
             return
