@@ -95,8 +95,8 @@ def read_events(
             queries["read_all"],
             {"transaction_id": after.transaction_id, "position": after.position, "limit": limit},
         )
-        rows = rows_as(cursor, _StoredEventRow)
-    return [_recorded(row) for row in rows]
+        rows = rows_as(cursor, StoredEventRow)
+    return [recorded_from_row(row) for row in rows]
 
 
 def count_events_after(after: Checkpoint = START, *, using: str = DEFAULT_DB_ALIAS) -> int:
@@ -206,8 +206,8 @@ def _store_checkpoint(row: ProjectionCheckpoint, checkpoint: Checkpoint) -> None
 
 
 @dataclass(frozen=True)
-class _StoredEventRow:
-    """One row of the ``read_all`` query, by column name."""
+class StoredEventRow:
+    """One row of the ``read_all`` and ``stream_events`` queries, by column name."""
 
     position: int
     transaction_id: int
@@ -224,7 +224,8 @@ class _StoredEventRow:
     recorded_at: dt.datetime
 
 
-def _recorded(row: _StoredEventRow) -> RecordedEvent:
+def recorded_from_row(row: StoredEventRow) -> RecordedEvent:
+    """The ``RecordedEvent`` of one stored row: its data upcast and decoded."""
     # Django loads jsonb as text so that JSONField can decode it; raw queries decode here.
     data = json.loads(row.data) if isinstance(row.data, str) else row.data
     metadata = json.loads(row.metadata) if isinstance(row.metadata, str) else row.metadata

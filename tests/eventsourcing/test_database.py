@@ -28,6 +28,7 @@ account = Account.open("ann")
 calls = {
     "get": lambda: EventStore().get(Account, account.id),
     "save": lambda: EventStore().save(account),
+    "history": lambda: EventStore().history(Account, account.id),
     "read_events": lambda: read_events(),
     "run_projection": lambda: run_projection(Nothing()),
 }
@@ -63,6 +64,7 @@ def test_on_sqlite_every_store_call_raises_a_clear_error_and_check_warns(
     assert [line.split(" ", 1)[0] for line in lines] == [
         "get",
         "save",
+        "history",
         "read_events",
         "run_projection",
     ]
