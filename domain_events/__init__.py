@@ -24,6 +24,14 @@ from domain_events.eventsourcing.exceptions import (
     UpcastError,
     VersionNotFoundError,
 )
+from domain_events.eventsourcing.snapshots import (
+    AnyOf,
+    EveryNEvents,
+    OnEventTypes,
+    SnapshotContext,
+    SnapshotPolicy,
+    TimeSinceLastSnapshot,
+)
 from domain_events.eventsourcing.upcasting import upcaster
 from domain_events.exceptions import CascadeDepthError, DomainEventError, EventTypeConflictError
 from domain_events.registry import handler
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AggregateNotFoundError",
     "AggregateRoot",
+    "AnyOf",
     "CascadeDepthError",
     "Checkpoint",
     "ConcurrencyError",
@@ -54,10 +63,15 @@ __all__ = [
     "EventStore",
     "EventStoreError",
     "EventTypeConflictError",
+    "EveryNEvents",
     "InvalidAggregateError",
+    "OnEventTypes",
     "Projection",
     "RecordedEvent",
     "SerializationError",
+    "SnapshotContext",
+    "SnapshotPolicy",
+    "TimeSinceLastSnapshot",
     "UnsupportedDatabaseError",
     "UpcastError",
     "VersionNotFoundError",

@@ -41,6 +41,7 @@ from domain_events.eventsourcing.serialization import (
     event_json,
     to_json_text,
 )
+from domain_events.eventsourcing.snapshots import SnapshotContext
 from domain_events.eventsourcing.upcasting import current_schema_version, upcast
 from domain_events.models import Snapshot, StoredEvent
 from outbox.common.sql import rows_as
@@ -84,7 +85,7 @@ class EventStore:
         if as_of is not None:
             version = self._version_at(key, as_of)
         after = 0
-        if aggregate_class.snapshot_every is not None:
+        if aggregate_class.snapshot_policy is not None:
             after = self._restore_snapshot(aggregate, key, at_most=version)
         events = StoredEvent.objects.using(self.using).filter(**key, version__gt=after)
         if version is not None:
@@ -216,12 +217,25 @@ class EventStore:
                 )
             dispatch(pending, using=self.using)
         aggregate._mark_saved(len(pending))
+        if snapshot_state is not None:
+            aggregate._note_snapshot(expected + len(pending), timezone.now())
 
     def _due_snapshot(self, aggregate: EventSourcedAggregate, expected: int) -> str | None:
-        # A snapshot is due when this save crosses a multiple of snapshot_every; its state is
-        # taken before anything is written, so a state that is not JSON fails the save cleanly.
-        every = type(aggregate).snapshot_every
-        if every is None or aggregate.version // every == expected // every:
+        # The policy decides; the state is taken before anything is written, so a state that
+        # is not JSON fails the save cleanly.
+        policy = type(aggregate).snapshot_policy
+        if policy is None:
+            return None
+        context = SnapshotContext(
+            aggregate=aggregate,
+            previous_version=expected,
+            version=aggregate.version,
+            new_events=aggregate.pending_events,
+            last_snapshot_version=aggregate._snapshot_version,
+            last_snapshot_at=aggregate._snapshot_taken_at,
+            now=timezone.now(),
+        )
+        if not policy.due(context):
             return None
         state = aggregate.snapshot_state()
         if not isinstance(state, dict):
@@ -259,12 +273,12 @@ class EventStore:
         snapshot = (
             Snapshot.objects.using(self.using)
             .filter(**key)
-            .values_list("version", "schema_version", "state")
+            .values_list("version", "schema_version", "state", "taken_at")
             .first()
         )
         if snapshot is None:
             return 0
-        version, schema_version, state = snapshot
+        version, schema_version, state, taken_at = snapshot
         if at_most is not None and version > at_most:
             # Taken after the point asked for: the state then is rebuilt from the events.
             return 0
@@ -280,6 +294,7 @@ class EventStore:
             return 0
         aggregate.restore_snapshot(state)
         aggregate._set_stored_version(version)
+        aggregate._note_snapshot(version, taken_at)
         return int(version)
 
 

@@ -7,6 +7,9 @@ classes they define keep their stable event and aggregate type names from run to
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 
 from tests.docs.markdown import Block, tagged
@@ -30,8 +33,13 @@ def test_the_tag_is_used_and_only_on_python_blocks() -> None:
 @pytest.mark.django_db
 @pytest.mark.parametrize("page", sorted(pages()))
 def test_the_tagged_blocks_of_the_page_run(page: str) -> None:
-    module = "docs_" + page.removeprefix("docs/").removesuffix(".md").replace("-", "_")
-    namespace: dict[str, object] = {"__name__": module}
-    for block in pages()[page]:
-        code = compile(block.text, f"{block.where} (test:{TAG})", "exec")
-        exec(code, namespace)  # the documentation's own examples
+    name = "docs_" + page.removeprefix("docs/").removesuffix(".md").replace("-", "_")
+    # A real module: dataclasses look their class's module up in sys.modules.
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    try:
+        for block in pages()[page]:
+            code = compile(block.text, f"{block.where} (test:{TAG})", "exec")
+            exec(code, module.__dict__)  # the documentation's own examples
+    finally:
+        del sys.modules[name]
