@@ -59,6 +59,9 @@ class EventSourcedAggregate:
       saves also write a snapshot (``domain_events.eventsourcing.snapshots``). Set one or
       ``snapshot_every``, not both. Either needs ``snapshot_state()`` and
       ``restore_snapshot()``.
+    - ``publish_stored_events`` (default False): when True, each save also writes every
+      stored event to the outbox, in the same transaction, as an integration event (routing
+      key the event type; ``domain_events.eventsourcing.publishing`` has the format).
     - ``snapshot_schema_version`` (default 1): raise it whenever ``snapshot_state()`` changes
       shape; older snapshots are then ignored and the aggregate is rebuilt from its events.
 
@@ -71,6 +74,7 @@ class EventSourcedAggregate:
     snapshot_every: ClassVar[int | None] = None
     snapshot_policy: ClassVar[SnapshotPolicy | None] = None
     snapshot_schema_version: ClassVar[int] = 1
+    publish_stored_events: ClassVar[bool] = False
     _apply_methods: ClassVar[dict[type[DomainEvent], str]] = {}
 
     def __init_subclass__(cls, *, aggregate_type: str | None = None, **kwargs: Any) -> None:
@@ -86,6 +90,8 @@ class EventSourcedAggregate:
             if event_class is not None:
                 methods[event_class] = attribute
         cls._apply_methods = methods
+        if not isinstance(cls.publish_stored_events, bool):
+            raise TypeError(f"{cls.__qualname__}.publish_stored_events must be True or False")
         cls.snapshot_policy = _snapshot_policy(cls)
         if cls.snapshot_policy is not None and (
             cls.snapshot_state is EventSourcedAggregate.snapshot_state

@@ -34,6 +34,10 @@ from domain_events.eventsourcing.projections import (
     StoredEventRow,
     recorded_from_row,
 )
+from domain_events.eventsourcing.publishing import (
+    require_shared_database,
+    stored_event_messages,
+)
 from domain_events.eventsourcing.queries import queries
 from domain_events.eventsourcing.serialization import (
     event_data,
@@ -45,6 +49,7 @@ from domain_events.eventsourcing.snapshots import SnapshotContext
 from domain_events.eventsourcing.upcasting import current_schema_version, upcast
 from domain_events.models import Snapshot, StoredEvent
 from outbox.common.sql import rows_as
+from outbox.writer import Message, publish_many
 
 logger = logging.getLogger("domain_events")
 
@@ -178,6 +183,10 @@ class EventStore:
             "events": _event_rows_json(pending, first_version=expected + 1),
         }
         snapshot_state = self._due_snapshot(aggregate, expected)
+        messages: list[Message] = []
+        if type(aggregate).publish_stored_events:
+            require_shared_database(aggregate, self.using)
+            messages = stored_event_messages(aggregate, pending, first_version=expected + 1)
         key = {"aggregate_type": aggregate_type, "aggregate_id": aggregate.id}
         with transaction.atomic(using=self.using), connections[self.using].cursor() as cursor:
             if expected == 0:
@@ -215,6 +224,9 @@ class EventStore:
                         "state": snapshot_state,
                     },
                 )
+            if messages:
+                # Before dispatch: the rows of in-transaction handlers come after the events'.
+                publish_many(messages, using=self.using)
             dispatch(pending, using=self.using)
         aggregate._mark_saved(len(pending))
         if snapshot_state is not None:
