@@ -1,10 +1,12 @@
 """``EventStore``: the repository of event-sourced aggregates.
 
-``get()`` loads the latest usable snapshot, then only the events after it. ``save()`` appends
-the pending events in one transaction: it moves the aggregate's version row from the version
-the aggregate was loaded at (optimistic concurrency), checks the triggering message id, writes
-all events in one multi-row INSERT, takes a snapshot when due, and dispatches the events to the
-domain-event handlers, all before commit. Any failure rolls all of it back.
+``get()`` loads the latest usable snapshot, then only the events after it (``version=`` /
+``as_of=``: up to a point in the past); ``history()`` reads one stream as recorded events.
+``save()`` appends the pending events in one transaction: it moves the aggregate's version row
+from the version the aggregate was loaded at (optimistic concurrency), checks the triggering
+message id, writes all events in one multi-row INSERT, takes a snapshot when the policy says
+so, writes the events to the outbox when the class publishes them, and dispatches the events
+to the domain-event handlers, all before commit. Any failure rolls all of it back.
 """
 
 from __future__ import annotations
@@ -156,7 +158,9 @@ class EventStore:
         inbox message id, a request id). If an earlier save of this aggregate recorded the same
         id, ``DuplicateCommandError`` is raised and nothing is written: a re-delivered message
         cannot apply its events twice. ``metadata`` (for example ``correlation_id`` and
-        ``causation_id``) is stored as JSON with each event.
+        ``causation_id``) is stored as JSON with each event. A snapshot is written when the
+        class's ``snapshot_policy`` says so, and with ``publish_stored_events`` each event is
+        also written to the outbox, all in the same transaction.
 
         Raises ``ConcurrencyError`` if the aggregate was changed by another save since it was
         loaded. Runs in ``transaction.atomic`` (a savepoint inside the caller's transaction);
