@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+import psycopg
 from django.db import (
     DatabaseError,
     InterfaceError,
@@ -272,19 +273,20 @@ def _batch_transaction(
             elif message.message_id not in fresh:
                 outcomes.append(Outcome("duplicate", message.attempt))
             elif failed is None:
-                outcomes.append(_run_unguarded(spec, message))
+                outcomes.append(_run_unguarded(spec, message, alias))
             else:
                 outcomes.append(_run_in_savepoint(spec, message, alias))
     return outcomes
 
 
-def _run_unguarded(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
+def _run_unguarded(spec: ConsumerSpec, message: IncomingMessage, alias: str) -> Outcome:
     """Run ``message``'s handlers with no savepoint of their own: the fast path, which costs
     no round trip beyond the handlers' own queries."""
     started = time.perf_counter()
     try:
         with _handler_span(spec, message):
             _run_handlers(spec, message)
+        _check_not_aborted(alias)
     except Exception as error:
         raise _HandlerFailedError(message, error, time.perf_counter() - started) from error
     return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
@@ -305,6 +307,7 @@ def _run_in_savepoint(spec: ConsumerSpec, message: IncomingMessage, alias: str) 
     try:
         with _handler_span(spec, message):
             _run_handlers(spec, message)
+        _check_not_aborted(alias)
     except Exception as error:
         elapsed = time.perf_counter() - started
         transaction.savepoint_rollback(savepoint, using=alias)
@@ -332,6 +335,7 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
                 return Outcome("duplicate", message.attempt)
             started = time.perf_counter()
             _run_handlers(spec, message)
+            _check_not_aborted(alias)
     except Exception as error:
         elapsed = time.perf_counter() - started
         if is_database_outage(error, alias):
@@ -339,6 +343,24 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
         drop_broken_database_connections()
         return _failed(spec, message, error, elapsed)
     return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
+
+
+class TransactionAbortedError(Exception):
+    """A handler caught a database error and returned: PostgreSQL has aborted the transaction,
+    which can now only roll back. Its COMMIT would roll back without an error, and the
+    message (and with it every message of its batch) would be acknowledged unprocessed."""
+
+
+def _check_not_aborted(alias: str) -> None:
+    """Raise ``TransactionAbortedError`` if the connection's transaction is aborted (known on
+    the client, no round trip)."""
+    raw = connections[alias].connection
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)
+    if status == psycopg.pq.TransactionStatus.INERROR:
+        raise TransactionAbortedError(
+            "a handler caught a database error and went on, leaving the transaction aborted;"
+            " put the statement that may fail in its own transaction.atomic() block"
+        )
 
 
 def _handler_span(

@@ -7,7 +7,7 @@ often) a run's transaction committed.
 import time
 from pathlib import Path
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from outbox import IncomingMessage, integration_handler, publish
 from tests.testapp.models import Counter, LogLine
@@ -39,6 +39,14 @@ def record(message: IncomingMessage) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL statement_timeout = '10ms'")
             cursor.execute("SELECT pg_sleep(1)")
+    if payload.get("swallow_error"):
+        # A handler that catches a database error without a savepoint of its own: PostgreSQL
+        # aborts the transaction, whose COMMIT would then roll back without an error.
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+        except DatabaseError:
+            pass
     if "sleep" in payload:
         time.sleep(payload["sleep"])
     if "counter" in payload:

@@ -109,6 +109,25 @@ def test_a_statement_timeout_in_a_batch_is_that_message_failure_not_an_outage(
     assert not InboxMessage.objects.filter(message_id=doomed).exists()
 
 
+def test_a_handler_that_swallows_a_database_error_fails_alone_and_loses_nothing(
+    broker: ConsumerBroker,
+) -> None:
+    # Its transaction is aborted, so the batch's COMMIT would silently roll everything back
+    # and acknowledge the whole batch unprocessed.
+    good = [broker.send(payload={"n": 1})]
+    doomed = broker.send(payload={"swallow_error": True})
+    good += [broker.send(payload={"n": 2})]
+
+    assert consume(RECORDER, max_messages=5, until_idle=10) == 5  # 3 attempts of the doomed
+
+    assert runs(good) == dict.fromkeys(good, 1)
+    assert InboxMessage.objects.filter(message_id__in=good).count() == 2
+    [dead] = broker.dead_letters(1)
+    headers = dead.properties.headers or {}
+    assert dead.properties.message_id == doomed
+    assert headers[HEADER_ERROR_TYPE] == "outbox.consumer.processing.TransactionAbortedError"
+
+
 def test_duplicates_and_dead_letters_are_counted(broker: ConsumerBroker) -> None:
     names = [
         "outbox_consumer_messages_processed_total",
