@@ -1,10 +1,16 @@
-"""Handlers of the bank's events, run in the transaction that saves an account.
+"""Handlers of the bank's events.
 
-The balance row and the outbox row commit with the account's events, or not at all.
+The balance row and the outbox row are written in the transaction that saves an account, so
+they commit with the account's events, or not at all. The receipt e-mail is sent after the
+commit by a durable handler: recorded with the events, run by the job runner, retried until
+the mail server takes it, at most once per withdrawal.
 """
+
+from django.core.mail import send_mail
 
 from domain_events import handler
 from example_project.bank.events import AccountOpened, MoneyDeposited, MoneyWithdrawn
+from example_project.bank.models import AccountBalance
 from example_project.bank.projections import apply_to_balances
 from outbox import publish
 
@@ -29,4 +35,18 @@ def announce_withdrawal(event: MoneyWithdrawn) -> None:
         },
         aggregate_type="bank.account",
         aggregate_id=event.account_id,
+    )
+
+
+@handler(MoneyWithdrawn, on_commit="durable")
+def email_withdrawal_receipt(event: MoneyWithdrawn) -> None:
+    # After the commit, so the balance row read here is the one this withdrawal wrote. An
+    # SMTP error is retried with backoff; the job ends failed (admin, outbox_status) if the
+    # mail server never takes it.
+    owner = AccountBalance.objects.get(account_id=event.account_id).owner
+    send_mail(
+        subject=f"Withdrawal of {event.amount}",
+        message=f"{event.amount} was withdrawn; the balance is now {event.balance_after}.",
+        from_email="bank@example.com",
+        recipient_list=[f"{owner}@example.com"],
     )

@@ -6,6 +6,8 @@ registers the ones it needs inside the ``handlers`` fixture, a subprocess with `
 
 from __future__ import annotations
 
+import threading
+
 from domain_events import handler
 from tests.testapp.models import CounterBumped, LogLine
 
@@ -24,6 +26,17 @@ def flaky(event: CounterBumped) -> None:
     if failures_left > 0:
         failures_left -= 1
         raise ConnectionError(f"payment API unreachable for {event.counter_name}")
+
+
+slow_started = threading.Event()
+slow_release = threading.Event()
+
+
+def slow(event: CounterBumped) -> None:
+    """Writes, then waits until the test lets it finish."""
+    LogLine.objects.create(text=f"slow {event.counter_name}")
+    slow_started.set()
+    slow_release.wait(30)
 
 
 def register() -> None:

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +30,7 @@ from domain_events.durable import JOB_KIND
 from domain_events.eventsourcing.exceptions import SerializationError
 from domain_events.registry import HandlerRegistry
 from outbox import kick
-from outbox.jobs import run_due_jobs
+from outbox.jobs import RunResult, run_due_jobs
 from outbox.jobs.store import LEASE_EXPIRED_ERROR, RetryPolicy
 from outbox.models import InboxMessage, OutboxJob, OutboxMessage
 from outbox.tasks import run_jobs
@@ -316,3 +318,32 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
     for attempts, full in ((1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (40, 10.0)):
         delays = [policy.delay_after(attempts) for _ in range(50)]
         assert all(full / 2 <= delay <= full for delay in delays)
+
+
+def test_a_job_being_run_is_not_claimed_by_a_second_runner(
+    handlers: HandlerRegistry, settings: Any
+) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "JOB_LEASE_SECONDS": 1}
+    handler(CounterBumped, on_commit="durable")(job_handlers.slow)
+    bump("n")
+    first: list[RunResult] = []
+    runner = threading.Thread(target=lambda: first.append(run_in_thread()))
+    runner.start()
+    try:
+        assert job_handlers.slow_started.wait(10)
+        time.sleep(1.2)  # the first runner's lease has expired while its handler runs
+        second = run_due_jobs()
+    finally:
+        job_handlers.slow_release.set()
+        runner.join(10)
+
+    assert (second.done, second.skipped) == (0, 0)  # its row is locked: skipped over
+    assert first[0].done == 1
+    assert list(LogLine.objects.values_list("text", flat=True)) == ["slow n"]
+
+
+def run_in_thread() -> RunResult:
+    try:
+        return run_due_jobs()
+    finally:
+        connection.close()
