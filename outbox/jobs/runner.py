@@ -32,9 +32,10 @@ Outcome = Literal["done", "skipped", "retried", "failed"]
 
 @dataclass
 class RunResult:
-    """What one run of the runner did: jobs run and deleted (``done``), found already run
-    and deleted without running again (``skipped``), failed and waiting for a retry
-    (``retried``), failed for good (``failed``)."""
+    """What one run of the runner did: jobs run and deleted (``done``), not run by this
+    runner (``skipped``: found already run and deleted, or taken over by another runner
+    once this one's lease had expired), failed and waiting for a retry (``retried``), failed
+    for good (``failed``)."""
 
     done: int = 0
     skipped: int = 0
