@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 
@@ -21,6 +21,9 @@ from domain_events.durable import jobs_for
 from domain_events.events import DomainEvent
 from domain_events.exceptions import CascadeDepthError, TransactionRequiredError
 from domain_events.registry import EventHandler, registry
+
+if TYPE_CHECKING:
+    from outbox.jobs.writer import Job
 
 logger = logging.getLogger("domain_events")
 
@@ -45,7 +48,7 @@ def dispatch(events: Iterable[DomainEvent], *, using: str = DEFAULT_DB_ALIAS) ->
         )
     cascade = _cascade.get()
     limit = max_cascade_depth()
-    durable_jobs: list[Any] = []
+    durable_jobs: list[Job] = []
     for event in events:
         if not isinstance(event, DomainEvent):
             raise TypeError(f"dispatch() takes DomainEvent instances, got {event!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.utils.dateparse import parse_datetime
@@ -20,19 +20,22 @@ from domain_events.eventsourcing.serialization import event_from_data, event_jso
 from domain_events.eventsourcing.upcasting import current_schema_version, upcast
 from domain_events.registry import EventHandler, registry
 
+if TYPE_CHECKING:
+    from outbox.jobs.writer import Job
+
 __all__ = ["JOB_KIND", "jobs_for", "run_handler_job"]
 
 #: The ``kind`` of the jobs of durable handlers in ``outbox_job``.
 JOB_KIND = "domain_events.handler"
 
 
-def jobs_for(event: DomainEvent, handler_names: tuple[str, ...]) -> list[Any]:
+def jobs_for(event: DomainEvent, handler_names: tuple[str, ...]) -> list[Job]:
     """The local jobs that run ``handler_names`` on ``event`` after the commit.
 
     Raises ``SerializationError`` naming the event type when a field cannot be stored as
     JSON: durable handlers need the event to outlive the process.
     """
-    from outbox.jobs import Job  # the outbox's models must be loaded first
+    from outbox.jobs.writer import Job  # the outbox's models must be loaded first
 
     payload = {
         "event_type": event.event_type,

@@ -12,8 +12,18 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q, QuerySet, Value
-from django.db.models.functions import Now
+from django.db.models import (
+    Case,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+    When,
+)
+from django.db.models.functions import Concat, Now
 
 from outbox import conf
 from outbox.models import OutboxJob
@@ -95,7 +105,13 @@ def claim(
         if exhausted:
             OutboxJob.objects.using(using).filter(id__in=exhausted).update(
                 status=Status.FAILED,
-                last_error=LEASE_EXPIRED_ERROR,
+                last_error=Case(
+                    When(last_error="", then=Value(LEASE_EXPIRED_ERROR)),
+                    default=Concat(
+                        Value(f"{LEASE_EXPIRED_ERROR}; previous error: "), F("last_error")
+                    ),
+                    output_field=TextField(),
+                ),
                 lease_owner="",
                 lease_expires_at=None,
             )

@@ -238,6 +238,11 @@ def test_a_job_whose_runner_died_during_its_last_run_ends_failed(
 
     job = OutboxJob.objects.get()
     assert (job.status, job.last_error) == ("failed", LEASE_EXPIRED_ERROR)
+    OutboxJob.objects.update(status="ready", last_error="TimeoutError: smtp")
+    run_due_jobs()
+    assert OutboxJob.objects.get().last_error == (
+        f"{LEASE_EXPIRED_ERROR}; previous error: TimeoutError: smtp"
+    )
     assert not LogLine.objects.exists()
 
 
