@@ -64,7 +64,7 @@ def one_transaction(n: int) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def with_handlers(register: Callable[[], None], n: int) -> float:
+def with_handlers(register: Callable[[], object], n: int) -> float:
     with registry.isolated():
         register()
         return one_transaction(n)
