@@ -70,6 +70,10 @@ def run_due_jobs(
     once ``time_budget`` seconds have passed or ``should_stop()`` is true. Database errors
     propagate (a job being run keeps its lease and comes back when it expires).
     """
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+    if time_budget is not None and time_budget < 0:
+        raise ValueError(f"time_budget must not be negative, got {time_budget!r}")
     alias = using or router.db_for_write(OutboxJob)
     owner = runner_name()
     retry = store.RetryPolicy.from_settings()

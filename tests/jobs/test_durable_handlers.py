@@ -352,3 +352,10 @@ def run_in_thread() -> RunResult:
         return run_due_jobs()
     finally:
         connection.close()
+
+
+def test_the_runner_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        run_due_jobs(batch_size=0)
+    with pytest.raises(ValueError, match="time_budget must not be negative"):
+        run_due_jobs(time_budget=-1)

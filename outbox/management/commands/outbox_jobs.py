@@ -18,6 +18,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
 
 from outbox import conf
+from outbox.common.database import is_postgresql
 from outbox.jobs.runner import run_due_jobs
 from outbox.management.base import OutboxCommand, database_address
 
@@ -44,6 +45,12 @@ class Command(OutboxCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not is_postgresql():
+            logger.warning(
+                "the job table is not on PostgreSQL: no SKIP LOCKED, so this must be the only"
+                " job runner (no run_jobs Celery task either); fine for development only",
+                extra={"event": "not_postgresql"},
+            )
         if options["once"]:
             self._once()
         else:
