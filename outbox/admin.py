@@ -338,3 +338,7 @@ class InboxMessageAdmin(ReadOnlyModelAdmin):
     ordering = ["-id"]
     show_full_result_count = False
     paginator = EstimatedCountPaginator
+
+
+# The local jobs' screen lives with the jobs; importing it registers it.
+from outbox.jobs import admin as _jobs_admin  # noqa: E402, F401

@@ -132,3 +132,59 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.consumer} processed {self.message_id}"
+
+
+# --- local jobs (durable after-commit work; issue 14) ---------------------------------------
+
+
+class OutboxJob(models.Model):
+    """Work that must run after its transaction commits, in this service: a local job.
+
+    Written in the business transaction like an outbox row, but never sent to RabbitMQ: a job
+    runner (``outbox_jobs``, or the ``outbox.tasks.run_jobs`` Celery task) claims it after the
+    commit and runs the executor registered for its ``kind`` (for durable domain-event
+    handlers, ``domain_events``). A job that succeeds is deleted in the transaction that ran
+    it; the at-most-once record it leaves is an inbox row (consumer ``"<kind>:<name>"``,
+    message id ``key``). One that never succeeds ends ``failed``, with its error.
+    """
+
+    class Status(models.TextChoices):
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    # Which executor runs it, e.g. "domain_events.handler".
+    kind = models.CharField(max_length=64)
+    # What the executor runs, e.g. a handler's dotted name.
+    name = models.CharField(max_length=190)
+    # What it runs on, e.g. an event id: one job (and one run) per (kind, name, key).
+    key = models.CharField(max_length=255)
+    payload = models.JSONField(encoder=OutboxJSONEncoder)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    attempts = models.PositiveIntegerField(default=0)
+    # Database clock, as for outbox rows: the runner's claim compares with now().
+    next_attempt_at = models.DateTimeField(db_default=Now())
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    lease_owner = models.CharField(max_length=255, blank=True, default="", editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        db_table = "outbox_job"
+        verbose_name = "outbox job"
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "name", "key"], name="outbox_job_unique"),
+        ]
+        indexes = [
+            # The claim: ready jobs by due time. Done jobs are deleted, so the table stays
+            # as small as the work waiting plus the failed jobs.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbox_job_due_idx",
+                condition=models.Q(status="ready"),
+            ),
+        ]
+        permissions = [("retry_outboxjob", "Can retry outbox jobs now")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} for {self.key} ({self.status})"

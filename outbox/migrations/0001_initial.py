@@ -1,4 +1,4 @@
-"""The outbox and inbox tables, with the relay's triggers (positions in commit order per
+"""The outbox, inbox and job tables, with the relay's triggers (positions in commit order per
 ordering key, and a wake-up notification at commit). docs/relay.md ("Per-aggregate order")
 has the reasoning. Squashed before the first release: one initial migration."""
 
@@ -269,4 +269,49 @@ class Migration(migrations.Migration):
             field=models.TextField(blank=True, db_default="", editable=False),
         ),
         # --- end of @idempotent stored results ---
+        # --- local jobs (durable after-commit work; issue 14) ---
+        migrations.CreateModel(
+            name="OutboxJob",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("kind", models.CharField(max_length=64)),
+                ("name", models.CharField(max_length=190)),
+                ("key", models.CharField(max_length=255)),
+                ("payload", models.JSONField(encoder=outbox.common.jsontext.OutboxJSONEncoder)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("ready", "ready"), ("failed", "failed")],
+                        default="ready",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(db_default=Now())),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("created_at", models.DateTimeField(db_default=Now())),
+                (
+                    "lease_owner",
+                    models.CharField(blank=True, default="", editable=False, max_length=255),
+                ),
+                ("lease_expires_at", models.DateTimeField(blank=True, editable=False, null=True)),
+            ],
+            options={
+                "verbose_name": "outbox job",
+                "db_table": "outbox_job",
+                "permissions": [("retry_outboxjob", "Can retry outbox jobs now")],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("status", "ready")),
+                        fields=["next_attempt_at"],
+                        name="outbox_job_due_idx",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("kind", "name", "key"), name="outbox_job_unique"
+                    )
+                ],
+            },
+        ),
     ]
