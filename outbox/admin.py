@@ -84,20 +84,32 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def format_time(value: datetime | None, now: datetime | None = None) -> SafeString:
+def format_time(
+    value: datetime | None, now: datetime | None = None, *, compact: bool = False
+) -> SafeString:
     """``value`` to the second in the current time zone, then how long ago (or in how long)
-    it is: ``2026-12-03 13:15:22 · 12 min ago``."""
+    it is: ``2026-12-03 13:15:22 12 min ago``. ``compact`` (the lists) leaves out the date of
+    a time today; the tooltip always has the whole of it."""
     if value is None:
         return format_html("{}", "—")
     now = now or timezone.now()
+    local = timezone.localtime(value)
+    full = local.strftime("%Y-%m-%d %H:%M:%S")
+    shown = (
+        local.strftime("%H:%M:%S")
+        if compact and local.date() == timezone.localtime(now).date()
+        else full
+    )
     seconds = (now - value).total_seconds()
     relative = (
         f"{format_duration(seconds)} ago" if seconds >= 0 else f"in {format_duration(-seconds)}"
     )
     return format_html(
-        '<time class="outbox-time" datetime="{}">{}</time> <span class="outbox-age">{}</span>',
+        '<time class="outbox-time" datetime="{}" title="{}">{}</time>'
+        ' <span class="outbox-age">{}</span>',
         value.isoformat(),
-        timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S"),
+        full,
+        shown,
         relative,
     )
 
@@ -445,9 +457,9 @@ class OutboxMessageAdmin(OperatorAdmin):
         "short_message_id",
         "status_badge",
         "short_event_type",
-        "ordering_key_link",
-        "created",
-        "attempts",
+        "ordering_key_list",
+        "created_short",
+        "short_attempts",
         "short_last_error",
     ]
     list_display_links = ["short_message_id"]
@@ -565,6 +577,14 @@ class OutboxMessageAdmin(OperatorAdmin):
             obj.event_type,
         )
 
+    @admin.display(description="tries", ordering="attempts")
+    def short_attempts(self, obj: OutboxMessage) -> int:
+        return obj.attempts
+
+    @admin.display(description="key", ordering="ordering_key")
+    def ordering_key_list(self, obj: OutboxMessage) -> SafeString:
+        return self.ordering_key_link(obj)
+
     @admin.display(description="ordering key", ordering="ordering_key")
     def ordering_key_link(self, obj: OutboxMessage) -> SafeString:
         if not obj.ordering_key:
@@ -581,6 +601,10 @@ class OutboxMessageAdmin(OperatorAdmin):
     @admin.display(description="created", ordering="created_at")
     def created(self, obj: OutboxMessage) -> SafeString:
         return format_time(obj.created_at)
+
+    @admin.display(description="created", ordering="created_at")
+    def created_short(self, obj: OutboxMessage) -> SafeString:
+        return format_time(obj.created_at, compact=True)
 
     @admin.display(description="age", ordering="created_at")
     def age(self, obj: OutboxMessage) -> str:
@@ -669,6 +693,8 @@ class OutboxMessageAdmin(OperatorAdmin):
             "outbox_summary": summary,
             "outbox_oldest_ready": None if oldest is None else format_duration(oldest),
             "outbox_stuck_after": format_duration(summary.stuck_after_seconds),
+            # Open dead letters are few; the count reads the partial index of open records.
+            "outbox_dead_letters": DeadLetter.objects.filter(status=DeadLetter.Status.DEAD).count(),
         }
         return super().changelist_view(request, extra_context=context)
 
@@ -813,8 +839,8 @@ class DeadLetterAdmin(OperatorAdmin):
         "consumer",
         "short_event_type",
         "status_badge",
-        "dead_lettered",
-        "attempts",
+        "dead_lettered_short",
+        "short_attempts",
         "short_error",
     ]
     list_display_links = ["short_message_id"]
@@ -889,6 +915,14 @@ class DeadLetterAdmin(OperatorAdmin):
     @admin.display(description="dead-lettered", ordering="dead_lettered_at")
     def dead_lettered(self, obj: DeadLetter) -> SafeString:
         return format_time(obj.dead_lettered_at)
+
+    @admin.display(description="dead-lettered", ordering="dead_lettered_at")
+    def dead_lettered_short(self, obj: DeadLetter) -> SafeString:
+        return format_time(obj.dead_lettered_at, compact=True)
+
+    @admin.display(description="tries", ordering="attempts")
+    def short_attempts(self, obj: DeadLetter) -> int:
+        return obj.attempts
 
     @admin.display(description="error")
     def short_error(self, obj: DeadLetter) -> SafeString:

@@ -146,3 +146,15 @@ def test_a_refused_requeue_is_reported_and_changes_nothing(
     record.refresh_from_db()
     assert record.status == DEAD
     assert not LogEntry.objects.exists()
+
+
+def test_the_outbox_summary_counts_open_dead_letters(
+    admin_client: Client, make_dead_letter: MakeDeadLetter
+) -> None:
+    make_dead_letter()
+    make_dead_letter(status="requeued")
+
+    response = admin_client.get(reverse("admin:outbox_outboxmessage_changelist"))
+
+    assert response.context["outbox_dead_letters"] == 1
+    assert f'href="{CHANGELIST}?status__exact=dead"' in response.content.decode()
