@@ -491,33 +491,20 @@ class OutboxMessageAdmin(OperatorAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: OutboxMessage | None = None) -> Any:
         published = obj is not None and obj.status == Status.PUBLISHED
         error = "error_history" if published else "current_error"
+        # What on-call reads first (state, error, who holds it, when next) before routing.
+        state = ["message_id", "status_detail", "event_type", "attempts", error, "next_attempt"]
         return [
+            (None, {"fields": [*state, "lease", "created", "published"]}),
             (
-                None,
+                "Routing and order",
                 {
                     "fields": [
-                        "message_id",
-                        "status_detail",
-                        "event_type",
                         "routing_key",
                         "exchange",
-                    ]
-                },
-            ),
-            (
-                "Aggregate",
-                {"fields": ["aggregate_type", "aggregate_id", "ordering_key_link", "position"]},
-            ),
-            (
-                "Delivery",
-                {
-                    "fields": [
-                        "attempts",
-                        "next_attempt",
-                        "lease",
-                        "created",
-                        "published",
-                        error,
+                        "aggregate_type",
+                        "aggregate_id",
+                        "ordering_key_link",
+                        "position",
                     ]
                 },
             ),
@@ -620,7 +607,7 @@ class OutboxMessageAdmin(OperatorAdmin):
             return format_html("— (not {})", obj.status)
         return format_time(obj.next_attempt_at)
 
-    @admin.display(description="lease (relay holding the row)")
+    @admin.display(description="lease")
     def lease(self, obj: OutboxMessage) -> SafeString:
         if not obj.lease_owner or obj.lease_expires_at is None:
             return format_html("{}", "— (no relay holds it)")

@@ -221,8 +221,8 @@ def assert_inside_window(page: Page, columns: list[str]) -> None:
     assert one_line["height"] < 24, f"the short id wraps: {one_line}"
 
 
-def screenshot(page: Page, name: str) -> None:
-    page.screenshot(path=ARTIFACTS / name)
+def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
+    page.screenshot(path=ARTIFACTS / name, full_page=full_page)
 
 
 def test_operator_follows_blocked_by_to_the_failed_row_and_retries_it(
@@ -273,13 +273,13 @@ def operator_follows_blocked_by(
     blocked_row.locator("th a").click()
     expect(page.locator(".field-status_detail")).to_contain_text("blocked by")
     expect(page.locator(".field-lease")).to_contain_text("no relay holds it")
-    screenshot(page, "admin-detail-blocked-1024.png")
+    screenshot(page, "admin-detail-blocked-1024.png", full_page=True)
 
     page.click("#outbox-blocked-by")
     expect(page).to_have_url(re.compile(rf"/outboxmessage/{failed_pk}/change/$"))
     expect(page.locator(".field-current_error pre")).to_contain_text("NOT_FOUND")
     expect(page.locator(".field-attempts")).to_contain_text("10")
-    screenshot(page, "admin-detail-failed-1024.png")
+    screenshot(page, "admin-detail-failed-1024.png", full_page=True)
 
     page.click("#outbox-button-retry_now")
     expect(page.locator("#outbox-confirmation-counts")).to_contain_text("1 of 1")
@@ -333,7 +333,7 @@ def operator_requeues(browser: Browser, live_server: LiveServer, message_id: str
 
     page.locator("#result_list tbody tr th a").click()
     expect(page.locator(".field-formatted_traceback pre")).to_contain_text("KeyError")
-    screenshot(page, "admin-dead-letter-detail-1024.png")
+    screenshot(page, "admin-dead-letter-detail-1024.png", full_page=True)
     page.click("#outbox-button-requeue")
     expect(page.locator("#outbox-confirmation")).to_contain_text(message_id[:8])
     screenshot(page, "admin-confirm-requeue-1024.png")
