@@ -32,7 +32,6 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.safestring import SafeString
-from django.utils.timesince import timesince
 
 from outbox.exceptions import RequeueRefusedError
 from outbox.models import DeadLetter, InboxMessage, OutboxMessage
@@ -592,10 +591,6 @@ class OutboxMessageAdmin(OperatorAdmin):
     @admin.display(description="created", ordering="created_at")
     def created_short(self, obj: OutboxMessage) -> SafeString:
         return format_time(obj.created_at, compact=True)
-
-    @admin.display(description="age", ordering="created_at")
-    def age(self, obj: OutboxMessage) -> str:
-        return timesince(obj.created_at, timezone.now())
 
     @admin.display(description="published")
     def published(self, obj: OutboxMessage) -> SafeString:
