@@ -261,9 +261,10 @@ def test_list_show_and_discard_from_the_command_line() -> None:
     assert "second line" in shown
     assert '"order_id": 1' in shown
 
-    assert "discarded 1 dead letter" in command(
-        "shipping", "discard", second.message_id, "--noinput"
-    )
+    discarded = command("shipping", "discard", second.message_id, "--noinput", "-v", "2")
+    assert f"discarded {second.message_id} (orders.order_placed)" in discarded
+    assert "discarded 1 dead letter of consumer shipping" in discarded
+    assert first.message_id in command("shipping", "list", "-v", "0")
     second.refresh_from_db()
     assert second.status == DeadLetter.Status.DISCARDED
     assert "1 dead letter of consumer shipping, status dead" in command("shipping", "list")

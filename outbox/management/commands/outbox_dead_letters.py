@@ -105,7 +105,7 @@ class Command(OutboxCommand):
             records = records.filter(status=options["status"])
         total = records.count()
         for record in records.order_by("-dead_lettered_at", "-pk")[: options["limit"]]:
-            self.say(
+            self.stdout.write(
                 f"{record.dead_lettered_at.isoformat(timespec='seconds')}  {record.status:<9}"
                 f"  {record.message_id or '-'}  {record.event_type or '-'}"
                 f"  attempts {record.attempts}  {_one_line(record)}"
