@@ -1,5 +1,6 @@
-"""Event store benchmark: append latency, load latency with and without snapshots, and
-projection rebuild throughput, against the PostgreSQL database of the example settings.
+"""Event store benchmark: append latency (also with stored events published to the outbox),
+load latency with and without snapshots, point-in-time loads, and projection rebuild
+throughput, against the PostgreSQL database of the example settings.
 
 Usage: OUTBOX_DB_NAME=... .venv/bin/python bench/event_store.py [--quick]
 
@@ -39,6 +40,7 @@ from domain_events.models import (
     Snapshot,
     StoredEvent,
 )
+from outbox.models import OutboxMessage
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ class SnapshottedCounter(PlainCounter, aggregate_type="bench.snapshotted"):
         self.total = state["total"]
 
 
+class PublishedCounter(PlainCounter, aggregate_type="bench.published"):
+    publish_stored_events = True
+
+
 class CountingProjection(Projection):
     name = "bench.counting"
     count: ClassVar[int] = 0
@@ -97,7 +103,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def clean() -> None:
-    for model in (StoredEvent, AggregateVersion, Snapshot):
+    for model in (StoredEvent, AggregateVersion, Snapshot, OutboxMessage):
         model.objects.filter(aggregate_type__startswith="bench.").delete()
     ProjectionCheckpoint.objects.filter(name="bench.counting").delete()
 
@@ -110,10 +116,10 @@ def round_trip_baseline(repeat: int) -> float:
     return statistics.median(timed(select_one, repeat))
 
 
-def append_100(repeat: int) -> list[float]:
+def append_100(repeat: int, cls: type[PlainCounter] = PlainCounter) -> list[float]:
     times = []
     for _ in range(repeat):
-        counter = PlainCounter(str(uuid4()))
+        counter = cls(str(uuid4()))
         for number in range(100):
             counter.increment(number)
         started = time.perf_counter()
@@ -152,6 +158,13 @@ def main() -> None:
             f"append 100 events in one save: p50 {p50:.2f} ms, p95"
             f" {percentile(append_times, 0.95):.2f} ms ({appends} saves; target p50 <= 5 ms)"
         )
+        published_times = append_100(appends, PublishedCounter)
+        published_p50 = statistics.median(published_times)
+        print(
+            f"append 100 events, published to the outbox too: p50 {published_p50:.2f} ms,"
+            f" p95 {percentile(published_times, 0.95):.2f} ms"
+            f" ({published_p50 / p50:.2f}x the plain append)"
+        )
 
         plain_id = build_stream(PlainCounter, stream_length, chunk=1000)
         # Worst case for snapshots every 100: the latest snapshot is at 10,000 and 99 events
@@ -179,6 +192,23 @@ def main() -> None:
             f" {snapshot_version}, {snap_length - snapshot_version} replayed):"
             f" p95 {snap_p95:.2f} ms ({snapshot_loads} loads;"
             f" target <= 10 ms); {plain_p95 / snap_p95:.0f}x faster (target >= 20x)"
+        )
+
+        # Point in time: a version before the snapshot replays from the start; one after it
+        # restores the snapshot and replays the rest.
+        before = snapshot_version // 2
+        before_times = timed(
+            lambda: store.get(SnapshottedCounter, snap_id, version=before), plain_loads
+        )
+        after_times = timed(
+            lambda: store.get(SnapshottedCounter, snap_id, version=snap_length - 1),
+            snapshot_loads,
+        )
+        print(
+            f"load as of version {before} (before the snapshot, replays {before}): p95"
+            f" {percentile(before_times, 0.95):.1f} ms; as of version {snap_length - 1}"
+            f" (snapshot + {snap_length - 1 - snapshot_version}): p95"
+            f" {percentile(after_times, 0.95):.2f} ms"
         )
 
         total = StoredEvent.objects.count()

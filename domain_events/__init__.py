@@ -20,7 +20,17 @@ from domain_events.eventsourcing.exceptions import (
     EventStoreError,
     InvalidAggregateError,
     SerializationError,
+    UnsupportedDatabaseError,
     UpcastError,
+    VersionNotFoundError,
+)
+from domain_events.eventsourcing.snapshots import (
+    AnyOf,
+    EveryNEvents,
+    OnEventTypes,
+    SnapshotContext,
+    SnapshotPolicy,
+    TimeSinceLastSnapshot,
 )
 from domain_events.eventsourcing.upcasting import upcaster
 from domain_events.exceptions import CascadeDepthError, DomainEventError, EventTypeConflictError
@@ -42,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AggregateNotFoundError",
     "AggregateRoot",
+    "AnyOf",
     "CascadeDepthError",
     "Checkpoint",
     "ConcurrencyError",
@@ -52,11 +63,18 @@ __all__ = [
     "EventStore",
     "EventStoreError",
     "EventTypeConflictError",
+    "EveryNEvents",
     "InvalidAggregateError",
+    "OnEventTypes",
     "Projection",
     "RecordedEvent",
     "SerializationError",
+    "SnapshotContext",
+    "SnapshotPolicy",
+    "TimeSinceLastSnapshot",
+    "UnsupportedDatabaseError",
     "UpcastError",
+    "VersionNotFoundError",
     "applies",
     "dispatch",
     "handler",

@@ -113,6 +113,9 @@ class InboxMessage(models.Model):
     message_id = models.CharField(max_length=255)
     event_type = models.CharField(max_length=255, blank=True, default="")
     processed_at = models.DateTimeField(default=timezone.now)
+    # The JSON text of an @idempotent function's return value, handed to duplicate calls;
+    # text, not jsonb, so the value reads back exactly as written. "": no result (None).
+    result = models.TextField(blank=True, db_default="", editable=False)
 
     class Meta:
         db_table = "outbox_inbox"

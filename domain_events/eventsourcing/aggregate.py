@@ -8,12 +8,14 @@ a command and the state after reloading are the same by construction.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from domain_events.events import DomainEvent
 from domain_events.eventsourcing.exceptions import InvalidAggregateError
+from domain_events.eventsourcing.snapshots import EveryNEvents, SnapshotPolicy
 from domain_events.names import StableNames
 from outbox import wire
 from outbox.exceptions import InvalidMessageError
@@ -50,9 +52,16 @@ class EventSourcedAggregate:
 
     - ``aggregate_type`` (class keyword, default the class name): the stable name stored with
       each event; keep it when renaming the class.
-    - ``snapshot_every`` (default ``None``, no snapshots): write a snapshot whenever a save
-      crosses a multiple of this many events. Needs ``snapshot_state()`` and
+    - ``snapshot_every`` (default ``None``): shorthand for the default policy,
+      ``snapshot_policy = EveryNEvents(snapshot_every)``: a snapshot whenever a save crosses a
+      multiple of this many events.
+    - ``snapshot_policy`` (default ``None``, no snapshots): a ``SnapshotPolicy`` deciding which
+      saves also write a snapshot (``domain_events.eventsourcing.snapshots``). Set one or
+      ``snapshot_every``, not both. Either needs ``snapshot_state()`` and
       ``restore_snapshot()``.
+    - ``publish_stored_events`` (default False): when True, each save also writes every
+      stored event to the outbox, in the same transaction, as an integration event (routing
+      key the event type; ``domain_events.eventsourcing.publishing`` has the format).
     - ``snapshot_schema_version`` (default 1): raise it whenever ``snapshot_state()`` changes
       shape; older snapshots are then ignored and the aggregate is rebuilt from its events.
 
@@ -63,7 +72,9 @@ class EventSourcedAggregate:
 
     aggregate_type: ClassVar[str] = "EventSourcedAggregate"
     snapshot_every: ClassVar[int | None] = None
+    snapshot_policy: ClassVar[SnapshotPolicy | None] = None
     snapshot_schema_version: ClassVar[int] = 1
+    publish_stored_events: ClassVar[bool] = False
     _apply_methods: ClassVar[dict[type[DomainEvent], str]] = {}
 
     def __init_subclass__(cls, *, aggregate_type: str | None = None, **kwargs: Any) -> None:
@@ -79,18 +90,17 @@ class EventSourcedAggregate:
             if event_class is not None:
                 methods[event_class] = attribute
         cls._apply_methods = methods
-        every = cls.snapshot_every
-        if every is not None:
-            if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-                raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None")
-            if (
-                cls.snapshot_state is EventSourcedAggregate.snapshot_state
-                or cls.restore_snapshot is EventSourcedAggregate.restore_snapshot
-            ):
-                raise TypeError(
-                    f"{cls.__qualname__} sets snapshot_every, so it must define snapshot_state()"
-                    " and restore_snapshot()"
-                )
+        if not isinstance(cls.publish_stored_events, bool):
+            raise TypeError(f"{cls.__qualname__}.publish_stored_events must be True or False")
+        cls.snapshot_policy = _snapshot_policy(cls)
+        if cls.snapshot_policy is not None and (
+            cls.snapshot_state is EventSourcedAggregate.snapshot_state
+            or cls.restore_snapshot is EventSourcedAggregate.restore_snapshot
+        ):
+            raise TypeError(
+                f"{cls.__qualname__} takes snapshots ({cls.snapshot_policy!r}), so it must"
+                " define snapshot_state() and restore_snapshot()"
+            )
         # Two classes reading one stream would replay each other's events with the wrong
         # apply methods.
         _aggregate_types.claim(name, cls)
@@ -103,6 +113,9 @@ class EventSourcedAggregate:
             raise InvalidAggregateError(f"{type(self).__qualname__}: {error}") from error
         self._stored_version = 0
         self._pending: list[DomainEvent] = []
+        # The usable snapshot this instance was loaded from or last wrote, for the policy.
+        self._snapshot_version: int | None = None
+        self._snapshot_taken_at: dt.datetime | None = None
 
     @property
     def version(self) -> int:
@@ -154,5 +167,36 @@ class EventSourcedAggregate:
     def _set_stored_version(self, version: int) -> None:
         self._stored_version = version
 
+    def _note_snapshot(self, version: int, taken_at: dt.datetime) -> None:
+        self._snapshot_version = version
+        self._snapshot_taken_at = taken_at
+
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} {self.id} v{self.version}>"
+
+
+def _snapshot_policy(cls: type[EventSourcedAggregate]) -> SnapshotPolicy | None:
+    """The class's policy: its own ``snapshot_policy``, else ``EveryNEvents(snapshot_every)``
+    when it sets ``snapshot_every``, else what it inherits."""
+    own = vars(cls)
+    if "snapshot_policy" in own and "snapshot_every" in own:
+        raise TypeError(
+            f"{cls.__qualname__} sets both snapshot_every and snapshot_policy; set one"
+            " (snapshot_every = N means snapshot_policy = EveryNEvents(N))"
+        )
+    if "snapshot_policy" in own:
+        policy = own["snapshot_policy"]
+        if policy is not None and not isinstance(policy, SnapshotPolicy):
+            raise TypeError(
+                f"{cls.__qualname__}.snapshot_policy must be a SnapshotPolicy or None,"
+                f" got {policy!r}"
+            )
+        return policy
+    every = cls.snapshot_every
+    if "snapshot_every" in own and every is None:
+        return None
+    if "snapshot_every" in own:
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise TypeError(f"{cls.__qualname__}.snapshot_every must be a positive int or None")
+        return EveryNEvents(every)
+    return cls.snapshot_policy

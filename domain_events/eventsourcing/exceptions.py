@@ -28,6 +28,20 @@ class AggregateNotFoundError(EventStoreError, LookupError):
     """No event is stored for this aggregate type and id."""
 
 
+class VersionNotFoundError(AggregateNotFoundError):
+    """``get(..., version=N)`` or ``as_of=`` names a point the aggregate's stream has not
+    reached (a version past its last event, or a time before its first event)."""
+
+
+class UnsupportedDatabaseError(EventStoreError):
+    """The event store was used on a database that is not PostgreSQL.
+
+    The store relies on PostgreSQL (``xid8`` transaction ids, ``jsonb``, ``ON CONFLICT``):
+    on any other database it refuses at first use instead of failing on raw SQL. Domain
+    events of ``AggregateRoot`` models and the outbox do not need it.
+    """
+
+
 class InvalidAggregateError(EventStoreError, TypeError, ValueError):
     """An aggregate class's ``aggregate_type`` or an aggregate id breaks the outbox's naming
     rule (``outbox.wire.check_aggregate_type`` / ``check_aggregate_id``), so its events could

@@ -24,6 +24,7 @@ from uuid import UUID
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from domain_events.events import DomainEvent
+from domain_events.eventsourcing.database import require_postgresql
 from domain_events.eventsourcing.queries import queries
 from domain_events.eventsourcing.serialization import event_from_data
 from domain_events.eventsourcing.upcasting import upcast
@@ -88,17 +89,19 @@ def read_events(
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    require_postgresql(using)
     with connections[using].cursor() as cursor:
         cursor.execute(
             queries["read_all"],
             {"transaction_id": after.transaction_id, "position": after.position, "limit": limit},
         )
-        rows = rows_as(cursor, _StoredEventRow)
-    return [_recorded(row) for row in rows]
+        rows = rows_as(cursor, StoredEventRow)
+    return [recorded_from_row(row) for row in rows]
 
 
 def count_events_after(after: Checkpoint = START, *, using: str = DEFAULT_DB_ALIAS) -> int:
     """How many stored events sort after ``after`` (committed ones, horizon not applied)."""
+    require_postgresql(using)
     with connections[using].cursor() as cursor:
         cursor.execute(
             queries["count_after"],
@@ -157,6 +160,7 @@ def run_projection(
         raise ValueError(f"{type(projection).__qualname__}.name must be set")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    require_postgresql(using)
     start: Checkpoint | None = START if rebuild else after
     processed = 0
     with transaction.atomic(using=using):
@@ -202,8 +206,8 @@ def _store_checkpoint(row: ProjectionCheckpoint, checkpoint: Checkpoint) -> None
 
 
 @dataclass(frozen=True)
-class _StoredEventRow:
-    """One row of the ``read_all`` query, by column name."""
+class StoredEventRow:
+    """One row of the ``read_all`` and ``stream_events`` queries, by column name."""
 
     position: int
     transaction_id: int
@@ -220,7 +224,8 @@ class _StoredEventRow:
     recorded_at: dt.datetime
 
 
-def _recorded(row: _StoredEventRow) -> RecordedEvent:
+def recorded_from_row(row: StoredEventRow) -> RecordedEvent:
+    """The ``RecordedEvent`` of one stored row: its data upcast and decoded."""
     # Django loads jsonb as text so that JSONField can decode it; raw queries decode here.
     data = json.loads(row.data) if isinstance(row.data, str) else row.data
     metadata = json.loads(row.metadata) if isinstance(row.metadata, str) else row.metadata

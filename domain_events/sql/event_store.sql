@@ -73,6 +73,15 @@ WHERE (transaction_id, position) > (%(transaction_id)s::text::xid8, %(position)s
 ORDER BY transaction_id, position
 LIMIT %(limit)s;
 
+-- name: stream_events
+-- One aggregate's audit trail, oldest first: the same columns as read_all.
+SELECT position, transaction_id::text::bigint AS transaction_id, aggregate_type, aggregate_id, version,
+       event_type, schema_version, event_id, occurred_at, data, metadata,
+       triggering_message_id, recorded_at
+FROM domain_events_storedevent
+WHERE aggregate_type = %(aggregate_type)s AND aggregate_id = %(aggregate_id)s
+ORDER BY version;
+
 -- name: count_after
 SELECT count(*)
 FROM domain_events_storedevent

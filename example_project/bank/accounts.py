@@ -16,6 +16,8 @@ class OverdraftError(Exception):
 
 class Account(EventSourcedAggregate, aggregate_type="bank.account"):
     snapshot_every = 100
+    # Every stored event is also an integration event: the outbox row commits with it.
+    publish_stored_events = True
 
     def __init__(self, aggregate_id: str | int | UUID) -> None:
         super().__init__(aggregate_id)

@@ -1,12 +1,12 @@
 """Handlers of the bank's events, run in the transaction that saves an account.
 
-The balance row and the outbox row commit with the account's events, or not at all.
+The balance row commits with the account's events, or not at all. The integration events
+need no handler: ``Account.publish_stored_events`` writes each stored event to the outbox.
 """
 
 from domain_events import handler
 from example_project.bank.events import AccountOpened, MoneyDeposited, MoneyWithdrawn
 from example_project.bank.projections import apply_to_balances
-from outbox import publish
 
 
 @handler(AccountOpened)
@@ -14,19 +14,3 @@ from outbox import publish
 @handler(MoneyWithdrawn)
 def keep_balances(event: AccountOpened | MoneyDeposited | MoneyWithdrawn) -> None:
     apply_to_balances(event)
-
-
-@handler(MoneyWithdrawn)
-def announce_withdrawal(event: MoneyWithdrawn) -> None:
-    # The integration event is a contract with other services: its payload is spelled out.
-    publish(
-        "bank.money_withdrawn",
-        {
-            "account_id": event.account_id,
-            "amount": event.amount,
-            "balance_after": event.balance_after,
-            "withdrawn_at": event.occurred_at,
-        },
-        aggregate_type="bank.account",
-        aggregate_id=event.account_id,
-    )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
+import math
 from collections.abc import Callable
 from datetime import timedelta
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from django.db import connections, router, transaction
@@ -39,6 +41,9 @@ ON CONFLICT (consumer, message_id) DO NOTHING
 RETURNING id
 """
 
+RESULT_QUERY = "SELECT result FROM outbox_inbox WHERE consumer = %s AND message_id = %s"
+STORE_RESULT_QUERY = "UPDATE outbox_inbox SET result = %s WHERE id = %s"
+
 _MAX_KEY_LENGTH = 255
 
 
@@ -52,6 +57,13 @@ def claim(
     together with what the handler does. If another transaction recorded the same message and
     has not finished yet, this waits for it.
     """
+    return _claim_record(consumer, message_id, event_type=event_type, using=using) is not None
+
+
+def _claim_record(
+    consumer: str, message_id: str | UUID, *, event_type: str = "", using: str | None = None
+) -> int | None:
+    """``claim()``, returning the new record's id, or None for a duplicate."""
     key = _message_key(message_id)
     _check_name("consumer", consumer)
     alias = using or router.db_for_write(InboxMessage)
@@ -63,27 +75,34 @@ def claim(
         )
     with connections[alias].cursor() as cursor:
         cursor.execute(CLAIM_QUERY, [consumer, key, event_type[:_MAX_KEY_LENGTH], timezone.now()])
-        return cursor.fetchone() is not None
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
 
 
 def idempotent(
     consumer: str, *, message_id_argument: str = "message_id", using: str | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function so it runs at most once per message id for ``consumer``.
 
     The decorated function runs inside ``transaction.atomic`` after its message id, read from
-    the argument named ``message_id_argument``, is recorded in the inbox. A call with an id
-    already recorded returns None without running it. An exception rolls back the record with
-    everything else, so a retry runs it again. Made for code that receives messages by other
-    means than ``outbox_consume``, e.g. a Celery task::
+    the argument named ``message_id_argument``, is recorded in the inbox. Its return value is
+    stored with the record, so a call with an id already recorded returns the first run's
+    result without running it: a retried request gets the same answer. An exception rolls
+    back the record with everything else, so a retry runs it again. Made for code that
+    receives messages by other means than ``outbox_consume``, e.g. a Celery task::
 
         @shared_task
         @idempotent("billing")
-        def charge(message_id: str, order_id: int) -> None: ...
+        def charge(message_id: str, order_id: int) -> dict[str, str]: ...
+
+    The result must be plain JSON data (``None``, ``bool``, ``int``, finite ``float``,
+    ``str``, and lists and str-keyed dicts of these), which comes back equal: anything else
+    (a tuple, ``Decimal``, ``datetime``, a model instance) raises ``TypeError`` naming the
+    value's path, and the whole run rolls back, its inbox record included.
     """
     _check_name("consumer", consumer)
 
-    def decorate(func: Callable[P, R]) -> Callable[P, R | None]:
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(func)
         if message_id_argument not in signature.parameters:
             raise TypeError(
@@ -92,18 +111,72 @@ def idempotent(
             )
 
         @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             bound = signature.bind(*args, **kwargs)
             message_id = bound.arguments[message_id_argument]
-            with transaction.atomic(using=using):
-                if not claim(consumer, message_id, using=using):
+            alias = using or router.db_for_write(InboxMessage)
+            with transaction.atomic(using=alias):
+                record_id = _claim_record(consumer, message_id, using=alias)
+                if record_id is None:
                     logger.info("%s: message %s already processed, skipped", consumer, message_id)
-                    return None
-                return func(*args, **kwargs)
+                    stored: R = _stored_result(consumer, _message_key(message_id), alias)
+                    return stored
+                result = func(*args, **kwargs)
+                # None is stored as "" (the column default), which costs no write: a task
+                # that returns nothing stays one statement.
+                if result is not None:
+                    text = result_json(result, f"@idempotent {func.__qualname__}() returned")
+                    with connections[alias].cursor() as cursor:
+                        cursor.execute(STORE_RESULT_QUERY, [text, record_id])
+                return result
 
         return wrapper
 
     return decorate
+
+
+def result_json(value: Any, what: str) -> str:
+    """``value`` as JSON text that reads back equal, or ``TypeError`` naming what is not.
+
+    Stricter than payload encoding on purpose: a ``Decimal`` or ``datetime`` would come back
+    as a string and a tuple as a list, so a duplicate call would get a different answer than
+    the first.
+    """
+    _check_plain_json(value, "result", what)
+    # ASCII escapes keep NUL characters and lone surrogates storable in a text column.
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def _check_plain_json(value: Any, path: str, what: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{what} {path} = {value!r}, which JSON cannot hold")
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain_json(item, f"{path}[{index}]", what)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{what} {path} with the key {key!r}; JSON keys are strings")
+            _check_plain_json(item, f"{path}[{key!r}]", what)
+        return
+    hint = " (it would come back as a list)" if isinstance(value, tuple) else ""
+    raise TypeError(
+        f"{what} {path} of type {type(value).__name__}{hint}; a stored result must be None,"
+        " bool, int, float, str, or lists and str-keyed dicts of these"
+    )
+
+
+def _stored_result(consumer: str, message_id: str, alias: str) -> Any:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(RESULT_QUERY, [consumer, message_id])
+        row = cursor.fetchone()
+    # No text: the first run returned None, or the record was written by claim() alone.
+    return json.loads(row[0]) if row is not None and row[0] else None
 
 
 def purge_inbox(

@@ -262,6 +262,13 @@ class Migration(migrations.Migration):
         ),
         migrations.RunPython(create_triggers, drop_triggers),
         migrations.RunPython(set_vacuum_parameters, reset_vacuum_parameters),
+        # --- @idempotent stored results (issue 14, item 5) ---
+        migrations.AddField(
+            model_name="inboxmessage",
+            name="result",
+            field=models.TextField(blank=True, db_default="", editable=False),
+        ),
+        # --- end of @idempotent stored results ---
         # --- Dead letters (issue 15): what consumers dead-lettered, for the admin and
         # outbox_dead_letters. ---
         migrations.CreateModel(

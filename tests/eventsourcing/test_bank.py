@@ -37,11 +37,22 @@ def test_a_withdrawal_is_stored_with_its_balance_and_outbox_message() -> None:
 
     assert store.get(Account, account.id).balance == Decimal("6.00")
     assert AccountBalance.objects.get(account_id=account.id).balance == Decimal("6.00")
-    message = OutboxMessage.objects.get()
-    assert message.event_type == "bank.money_withdrawn"
+    # The stored events are published: one outbox row each, in version order.
+    messages = list(OutboxMessage.objects.order_by("id"))
+    assert [m.event_type for m in messages] == [
+        "bank.AccountOpened",
+        "bank.MoneyDeposited",
+        "bank.MoneyWithdrawn",
+    ]
+    message = messages[-1]
+    assert message.routing_key == "bank.MoneyWithdrawn"
     assert message.ordering_key == f"bank.account:{account.id}"
-    assert message.payload["amount"] == "4.00"
-    assert message.payload["balance_after"] == "6.00"
+    assert message.headers["aggregate_version"] == 3
+    assert message.payload == {
+        "account_id": account.id,
+        "amount": "4.00",
+        "balance_after": "6.00",
+    }
 
 
 def test_an_overdraft_is_refused_and_records_nothing() -> None:
@@ -51,7 +62,7 @@ def test_an_overdraft_is_refused_and_records_nothing() -> None:
     assert account.pending_events == ()
     assert account.balance == Decimal("5.00")
     assert StoredEvent.objects.filter(aggregate_id=account.id).count() == 2
-    assert not OutboxMessage.objects.exists()
+    assert OutboxMessage.objects.count() == 2  # the opening's two events, nothing more
 
 
 def test_bad_amounts_are_refused_at_the_call() -> None:
@@ -69,4 +80,6 @@ def test_the_demo_command_tells_the_story() -> None:
     assert "re-delivered message refused" in text
     assert "overdraft refused" in text
     assert "balance from 3 stored events: 70.00; read model: 70.00" in text
-    assert text.count("outbox: bank.money_withdrawn") == 1
+    assert text.count("outbox: bank.AccountOpened") == 1
+    assert text.count("outbox: bank.MoneyDeposited") == 1
+    assert text.count("outbox: bank.MoneyWithdrawn") == 1
