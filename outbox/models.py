@@ -188,3 +188,74 @@ class OutboxJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} for {self.key} ({self.status})"
+
+
+# --- Dead letters (issue 15) -------------------------------------------------------------
+
+
+class DeadLetter(models.Model):
+    """A message a consumer dead-lettered, recorded in its own transaction when it was sent to
+    the consumer's dead-letter queue, so operators can see and requeue it without RabbitMQ.
+
+    The record keeps what a requeue needs to publish the message again after the broker's copy
+    is gone: the queue it came from, the body as received and its AMQP properties. ``status``
+    says what an operator did with it; at most one record per consumer and message is
+    ``dead`` at a time.
+    """
+
+    class Status(models.TextChoices):
+        DEAD = "dead", "dead"
+        REQUEUED = "requeued", "requeued"
+        DISCARDED = "discarded", "discarded"
+
+    id = models.BigAutoField(primary_key=True)
+    consumer = models.CharField(max_length=255)
+    # The consumer's queue, where a requeue sends the message back (through the default
+    # exchange); its dead-letter queue is this name plus ".dead".
+    queue = models.CharField(max_length=255)
+    message_id = models.CharField(max_length=255, blank=True, default="")
+    event_type = models.CharField(max_length=255, blank=True, default="")
+    # The producer's routing key, which the consumer hands to handlers after a requeue too.
+    routing_key = models.CharField(max_length=255, blank=True, default="")
+    aggregate_type = models.CharField(max_length=255, blank=True, default="")
+    aggregate_id = models.CharField(max_length=255, blank=True, default="")
+    # The body decoded as JSON, or None when it is not JSON PostgreSQL can store; ``body``
+    # holds the bytes as received either way, and a requeue sends those.
+    payload = models.JSONField(null=True, blank=True, encoder=OutboxJSONEncoder)
+    body = models.BinaryField(default=b"")
+    headers = models.JSONField(default=dict, blank=True, encoder=OutboxJSONEncoder)
+    # content_type, correlation_id, timestamp...: the AMQP properties other than the above.
+    properties = models.JSONField(default=dict, blank=True, encoder=OutboxJSONEncoder)
+    reason = models.TextField(blank=True, default="")
+    error_type = models.CharField(max_length=255, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    dead_lettered_at = models.DateTimeField(db_default=Now())
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DEAD)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        db_table = "outbox_dead_letter"
+        verbose_name = "dead letter"
+        constraints = [
+            # A message dead-lettered again before anyone acted on it (its acknowledgement
+            # was lost) updates the open record instead of adding a second one.
+            models.UniqueConstraint(
+                fields=["consumer", "message_id"],
+                name="outbox_dead_letter_open_uniq",
+                condition=models.Q(status="dead"),
+            )
+        ]
+        indexes = [
+            models.Index(fields=["message_id"], name="outbox_dead_message_idx"),
+            models.Index(fields=["aggregate_id"], name="outbox_dead_aggregate_idx"),
+        ]
+        permissions = [
+            ("requeue_deadletter", "Can requeue dead letters"),
+            ("discard_deadletter", "Can discard dead letters"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} dead letter {self.message_id or '(no message id)'}"

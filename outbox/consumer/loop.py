@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from traceback import format_exception
 
 import pika
 import pika.exceptions
@@ -27,6 +28,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from outbox.broker import connection_parameters
+from outbox.consumer import dead_letters
 from outbox.consumer.fields import install_tolerant_decoding
 from outbox.consumer.processing import MAX_ERROR_CHARS, Delivery, Outcome, decode, process
 from outbox.consumer.registry import ConsumerSpec, IncomingMessage, load_handlers, registry
@@ -197,6 +199,7 @@ class ConsumerLoop:
                 outcome.reason,
                 outcome.error_message,
             )
+            dead_letters.record(self.spec.name, self.topology.queue, delivery, outcome)
 
     def _republish(
         self, channel: BlockingChannel, queue: str, delivery: Delivery, extra: dict[str, object]
@@ -379,6 +382,7 @@ def _unexpected(loop: ConsumerLoop, delivery: Delivery, error: Exception, stage:
         reason=f"{REASON_UNEXPECTED} {stage} it: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS],
         error_type=f"{type(error).__module__}.{type(error).__qualname__}",
         error_message=str(error)[:MAX_ERROR_CHARS],
+        traceback="".join(format_exception(error)),
     )
 
 

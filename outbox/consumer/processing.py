@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from traceback import format_exception
 from typing import Literal
 
 from django.db import (
@@ -59,6 +60,8 @@ class Outcome:
     reason: str = ""
     error_type: str = ""
     error_message: str = ""
+    # The failure's Python traceback: kept in the dead-letter record, never sent in headers.
+    traceback: str = ""
 
 
 def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
@@ -216,6 +219,7 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
             reason=REASON_HANDLER_FAILED,
             error_type=error_type,
             error_message=str(error)[:MAX_ERROR_CHARS],
+            traceback="".join(format_exception(error)),
         )
     return Outcome("processed", message.attempt)
 
