@@ -3,7 +3,9 @@
 Fills the outbox of the database named by OUTBOX_DB_NAME with published rows (plus a small
 backlog), then times what operators run often: the admin summary / ``outbox_status``
 (``stats.summary``), the scrape-time gauges (``stats.backlog``), and the purge of half the
-table. The baseline is an exact ``count(*)`` of the table, measured in the same run.
+table, and the admin's outbox list (unfiltered, stuck filter, one ordering key; with and
+without its blocked-by marks). The baseline is an exact ``count(*)`` of the table, measured
+in the same run.
 
     OUTBOX_DB_NAME=outbox_bench python bench/operations_bench.py [--quick]
 
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
@@ -73,6 +76,43 @@ def exact_count() -> None:
         cursor.execute("SELECT count(*) FROM outbox_message")
 
 
+def admin_list(baseline: float) -> None:
+    """The outbox admin list through the test client, with the blocked-by marks (the admin
+    as shipped) and without them (the plain queryset), in the same run."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    from outbox.admin import OutboxMessageAdmin
+
+    User.objects.filter(username="outbox-bench").delete()
+    client = Client()
+    client.force_login(User.objects.create_superuser("outbox-bench", password="x"))
+    shipped = OutboxMessageAdmin.get_queryset
+
+    def plain(self: OutboxMessageAdmin, request: Any) -> Any:
+        return super(OutboxMessageAdmin, self).get_queryset(request)
+
+    def page(query: dict[str, str]) -> Callable[[], object]:
+        return lambda: client.get("/admin/outbox/outboxmessage/", query)
+
+    with override_settings(ALLOWED_HOSTS=["testserver"]):
+        for label, query in [
+            ("unfiltered", {}),
+            ("stuck filter", {"stuck": "yes"}),
+            ("one ordering key", {"ordering_key": "order:7"}),
+        ]:
+            OutboxMessageAdmin.get_queryset = plain  # type: ignore[method-assign]
+            without = timed(page(query), 5)
+            OutboxMessageAdmin.get_queryset = shipped  # type: ignore[method-assign]
+            marked = timed(page(query), 5)
+            print(
+                f"admin list, {label + ':':17} {marked:8.1f} ms  ({marked / baseline:.2f}x;"
+                f" without blocked-by marks {without:.1f} ms, {marked / without:.2f}x)"
+            )
+    User.objects.filter(username="outbox-bench").delete()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100k rows instead of 1M")
@@ -94,6 +134,8 @@ def main() -> None:
     print(f"baseline exact count(*):          {baseline:8.1f} ms")
     print(f"stats.summary (admin, status):    {summary_ms:8.1f} ms  ({summary_ms / baseline:.2f}x)")
     print(f"stats.backlog (per scrape):       {backlog_ms:8.1f} ms  ({backlog_ms / baseline:.2f}x)")
+
+    admin_list(baseline)
 
     start = time.perf_counter()
     deleted = actions.purge_published(older_than=timedelta(days=7), batch_size=1000)

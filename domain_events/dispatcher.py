@@ -1,4 +1,5 @@
-"""Dispatching: run in-transaction handlers now, schedule after-commit handlers with on_commit.
+"""Dispatching: run in-transaction handlers now, schedule after-commit handlers with on_commit,
+and write the jobs of durable after-commit handlers in the transaction.
 
 Django has no "before commit" signal (``on_commit`` runs after COMMIT, outside the
 transaction), so "before commit" here means: inside the atomic block that saves the aggregate,
@@ -11,13 +12,18 @@ import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
 from functools import partial
+from typing import TYPE_CHECKING
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 
 from domain_events.conf import max_cascade_depth
+from domain_events.durable import jobs_for
 from domain_events.events import DomainEvent
 from domain_events.exceptions import CascadeDepthError, TransactionRequiredError
 from domain_events.registry import EventHandler, registry
+
+if TYPE_CHECKING:
+    from outbox.jobs.writer import Job
 
 logger = logging.getLogger("domain_events")
 
@@ -31,8 +37,9 @@ def dispatch(events: Iterable[DomainEvent], *, using: str = DEFAULT_DB_ALIAS) ->
 
     In-transaction handlers run now, in registration order; an exception propagates to the
     caller (whose atomic block then rolls back). After-commit handlers are queued with
-    ``transaction.on_commit`` and run only if the transaction commits. Must be called inside
-    ``transaction.atomic(using=using)``.
+    ``transaction.on_commit`` and run only if the transaction commits; durable ones are
+    written as local jobs in this transaction (``domain_events.durable``). Must be called
+    inside ``transaction.atomic(using=using)``.
     """
     if not transaction.get_connection(using).in_atomic_block:
         raise TransactionRequiredError(
@@ -41,6 +48,7 @@ def dispatch(events: Iterable[DomainEvent], *, using: str = DEFAULT_DB_ALIAS) ->
         )
     cascade = _cascade.get()
     limit = max_cascade_depth()
+    durable_jobs: list[Job] = []
     for event in events:
         if not isinstance(event, DomainEvent):
             raise TypeError(f"dispatch() takes DomainEvent instances, got {event!r}")
@@ -60,6 +68,12 @@ def dispatch(events: Iterable[DomainEvent], *, using: str = DEFAULT_DB_ALIAS) ->
             _cascade.reset(token)
         for func in plan.after_commit:
             transaction.on_commit(partial(_run_after_commit, func, event), using=using)
+        if plan.durable:
+            durable_jobs.extend(jobs_for(event, plan.durable))
+    if durable_jobs:
+        from outbox.jobs import enqueue  # the outbox's models must be loaded first
+
+        enqueue(durable_jobs, using=using)
 
 
 def dispatch_pending(pending: list[DomainEvent], *, using: str = DEFAULT_DB_ALIAS) -> None:

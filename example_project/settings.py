@@ -75,6 +75,11 @@ OUTBOX = {
 }
 
 # Celery's own broker is Redis; RabbitMQ carries only the integration events.
+# The bank's receipts are e-mails; printed here, not sent.
+EMAIL_BACKEND = os.environ.get(
+    "DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+)
+
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 # A private queue name keeps parallel test runs on one Redis from taking each other's tasks.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")

@@ -106,6 +106,27 @@ SETTINGS: dict[str, Setting] = {
         "publish_outbox task: stop claiming new batches after this long",
         minimum=0.1,
     ),
+    # --- local jobs (durable after-commit handlers) ---
+    "JOB_MAX_ATTEMPTS": Setting(
+        10, int, "runs of a local job before it is marked failed (1: no retry)", minimum=1
+    ),
+    "JOB_RETRY_BACKOFF_SECONDS": Setting(
+        2.0,
+        (int, float),
+        "delay before a failed local job's second run; doubles per run, with jitter",
+        minimum=0,
+    ),
+    "JOB_RETRY_BACKOFF_MAX_SECONDS": Setting(
+        600.0, (int, float), "cap on the delay between two runs of a local job", minimum=0
+    ),
+    "JOB_LEASE_SECONDS": Setting(
+        60.0,
+        (int, float),
+        "how long a claimed local job is kept from other runners before it is claimed again"
+        " (a runner that died mid-run)",
+        minimum=1,
+    ),
+    "JOB_BATCH_SIZE": Setting(10, int, "local jobs one runner claims at a time", minimum=1),
     # --- consumers and inbox ---
     "CONSUMER_PREFETCH": Setting(
         100, int, "messages RabbitMQ sends a consumer ahead of its acks (basic.qos)", minimum=1

@@ -41,3 +41,8 @@ class InvalidHandlerError(ConsumerError, ValueError):
 class ConsumerSetupError(ConsumerError, RuntimeError):
     """RabbitMQ refused the consumer's exchange, queues or bindings (e.g. a queue exists with
     other arguments); the consumer stops instead of retrying."""
+
+
+class RequeueRefusedError(ConsumerError, RuntimeError):
+    """RabbitMQ refused a requeued dead letter: its consumer's queue does not exist (declare
+    it with ``outbox_consume <consumer> --declare-only``) or the broker nacked it."""

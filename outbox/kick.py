@@ -17,6 +17,9 @@ sent, or within ``MIN_INTERVAL_SECONDS`` after one, are served by a single next 
 burst of thousands of commits sends a few tasks, not thousands. A kick carries the time it
 was sent (``kicked_at``); the task skips a kick that a drain in the same worker process has
 already covered (see ``outbox.tasks.publish_outbox``).
+
+Local jobs (``outbox.jobs``, durable after-commit handlers) are kicked the same way, by a
+kicker of their own that sends ``outbox.tasks.run_jobs``: ``after_commit(alias, JOBS)``.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ from outbox import conf
 
 __all__ = [
     "EXPIRES_SECONDS",
+    "JOBS",
     "MIN_INTERVAL_SECONDS",
+    "RELAY",
     "RETRY_AFTER_SECONDS",
     "Kicker",
     "after_commit",
     "celery_configured",
     "enabled",
+    "jobs_kicker",
     "kicker",
 ]
 
@@ -57,6 +63,10 @@ RETRY_AFTER_SECONDS = 5.0
 EXPIRES_SECONDS = 10.0
 
 Send = Callable[[float], None]
+
+# What a kick wakes: the relay (publish_outbox) or the local-job runner (run_jobs).
+RELAY = "relay"
+JOBS = "jobs"
 
 
 class Kicker:
@@ -127,20 +137,34 @@ def send_task(kicked_at: float) -> None:
     )
 
 
+def send_jobs_task(kicked_at: float) -> None:
+    """Send ``run_jobs`` as ``send_task`` sends ``publish_outbox``."""
+    from outbox.tasks import run_jobs
+
+    run_jobs.apply_async(kwargs={"kicked_at": kicked_at}, expires=EXPIRES_SECONDS, retry=False)
+
+
 _kicker = Kicker(send_task)
+_jobs_kicker = Kicker(send_jobs_task)
 _celery_ready: bool | None = None
 
 
 def kicker() -> Kicker:
-    """This process's kicker."""
+    """This process's kicker of the relay."""
     return _kicker
+
+
+def jobs_kicker() -> Kicker:
+    """This process's kicker of the local-job runner."""
+    return _jobs_kicker
 
 
 def _renew_after_fork() -> None:
     # A forked child (a gunicorn or Celery prefork worker) has no kick thread and may have
     # inherited locks held by a thread of the parent: it starts over with its own kicker.
-    global _kicker
+    global _kicker, _jobs_kicker
     _kicker = Kicker(_kicker._send)
+    _jobs_kicker = Kicker(_jobs_kicker._send)
 
 
 os.register_at_fork(after_in_child=_renew_after_fork)
@@ -168,17 +192,25 @@ def celery_configured() -> bool:
     return bool(current_app.conf.broker_url or current_app.conf.broker_write_url)
 
 
-def after_commit(alias: str) -> None:
-    """Kick the relay once the current transaction on ``alias`` commits (at once outside a
-    transaction). One callback per transaction, however many rows it writes: a callback
-    dropped with a rolled-back savepoint is registered again by the next ``publish()``."""
+def after_commit(alias: str, target: str = RELAY) -> None:
+    """Kick the relay (``target`` ``RELAY``) or the local-job runner (``JOBS``) once the
+    current transaction on ``alias`` commits (at once outside a transaction). One callback per
+    transaction and target, however many rows it writes: a callback dropped with a
+    rolled-back savepoint is registered again by the next write."""
+    if target not in (RELAY, JOBS):
+        raise ValueError(f"after_commit(): target must be RELAY or JOBS, got {target!r}")
+    request = _request if target == RELAY else _request_jobs
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block and any(
-        entry[1] is _request for entry in connection.run_on_commit
+        entry[1] is request for entry in connection.run_on_commit
     ):
         return
-    transaction.on_commit(_request, using=alias, robust=True)
+    transaction.on_commit(request, using=alias, robust=True)
 
 
 def _request() -> None:
     _kicker.request()
+
+
+def _request_jobs() -> None:
+    _jobs_kicker.request()

@@ -132,3 +132,130 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.consumer} processed {self.message_id}"
+
+
+# --- local jobs (durable after-commit work; issue 14) ---------------------------------------
+
+
+class OutboxJob(models.Model):
+    """Work that must run after its transaction commits, in this service: a local job.
+
+    Written in the business transaction like an outbox row, but never sent to RabbitMQ: a job
+    runner (``outbox_jobs``, or the ``outbox.tasks.run_jobs`` Celery task) claims it after the
+    commit and runs the executor registered for its ``kind`` (for durable domain-event
+    handlers, ``domain_events``). A job that succeeds is deleted in the transaction that ran
+    it; the at-most-once record it leaves is an inbox row (consumer ``"<kind>:<name>"``,
+    message id ``key``). One that never succeeds ends ``failed``, with its error.
+    """
+
+    class Status(models.TextChoices):
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    # Which executor runs it, e.g. "domain_events.handler".
+    kind = models.CharField(max_length=64)
+    # What the executor runs, e.g. a handler's dotted name.
+    name = models.CharField(max_length=190)
+    # What it runs on, e.g. an event id: one job (and one run) per (kind, name, key).
+    key = models.CharField(max_length=255)
+    payload = models.JSONField(encoder=OutboxJSONEncoder)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.READY)
+    attempts = models.PositiveIntegerField(default=0)
+    # Database clock, as for outbox rows: the runner's claim compares with now().
+    next_attempt_at = models.DateTimeField(db_default=Now())
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    lease_owner = models.CharField(max_length=255, blank=True, default="", editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        db_table = "outbox_job"
+        verbose_name = "outbox job"
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "name", "key"], name="outbox_job_unique"),
+        ]
+        indexes = [
+            # The claim: ready jobs by due time. Done jobs are deleted, so the table stays
+            # as small as the work waiting plus the failed jobs.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbox_job_due_idx",
+                condition=models.Q(status="ready"),
+            ),
+        ]
+        permissions = [("retry_outboxjob", "Can retry outbox jobs now")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} for {self.key} ({self.status})"
+
+
+# --- Dead letters (issue 15) -------------------------------------------------------------
+
+
+class DeadLetter(models.Model):
+    """A message a consumer dead-lettered, recorded in its own transaction when it was sent to
+    the consumer's dead-letter queue, so operators can see and requeue it without RabbitMQ.
+
+    The record keeps what a requeue needs to publish the message again after the broker's copy
+    is gone: the queue it came from, the body as received and its AMQP properties. ``status``
+    says what an operator did with it; at most one record per consumer and message is
+    ``dead`` at a time.
+    """
+
+    class Status(models.TextChoices):
+        DEAD = "dead", "dead"
+        REQUEUED = "requeued", "requeued"
+        DISCARDED = "discarded", "discarded"
+
+    id = models.BigAutoField(primary_key=True)
+    consumer = models.CharField(max_length=255)
+    # The consumer's queue, where a requeue sends the message back (through the default
+    # exchange); its dead-letter queue is this name plus ".dead".
+    queue = models.CharField(max_length=255)
+    message_id = models.CharField(max_length=255, blank=True, default="")
+    event_type = models.CharField(max_length=255, blank=True, default="")
+    # The producer's routing key, which the consumer hands to handlers after a requeue too.
+    routing_key = models.CharField(max_length=255, blank=True, default="")
+    aggregate_type = models.CharField(max_length=255, blank=True, default="")
+    aggregate_id = models.CharField(max_length=255, blank=True, default="")
+    # The body decoded as JSON, or None when it is not JSON PostgreSQL can store; ``body``
+    # holds the bytes as received either way, and a requeue sends those.
+    payload = models.JSONField(null=True, blank=True, encoder=OutboxJSONEncoder)
+    body = models.BinaryField(default=b"")
+    headers = models.JSONField(default=dict, blank=True, encoder=OutboxJSONEncoder)
+    # content_type, correlation_id, timestamp...: the AMQP properties other than the above.
+    properties = models.JSONField(default=dict, blank=True, encoder=OutboxJSONEncoder)
+    reason = models.TextField(blank=True, default="")
+    error_type = models.CharField(max_length=255, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    dead_lettered_at = models.DateTimeField(db_default=Now())
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DEAD)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        db_table = "outbox_dead_letter"
+        verbose_name = "dead letter"
+        constraints = [
+            # A message dead-lettered again before anyone acted on it (its acknowledgement
+            # was lost) updates the open record instead of adding a second one.
+            models.UniqueConstraint(
+                fields=["consumer", "message_id"],
+                name="outbox_dead_letter_open_uniq",
+                condition=models.Q(status="dead"),
+            )
+        ]
+        indexes = [
+            models.Index(fields=["message_id"], name="outbox_dead_message_idx"),
+            models.Index(fields=["aggregate_id"], name="outbox_dead_aggregate_idx"),
+        ]
+        permissions = [
+            ("requeue_deadletter", "Can requeue dead letters"),
+            ("discard_deadletter", "Can discard dead letters"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} dead letter {self.message_id or '(no message id)'}"

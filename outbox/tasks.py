@@ -1,7 +1,8 @@
 """Celery tasks of the outbox, for Celery beat to schedule. Each is a thin call into the module
 that does the work.
 
-``publish_outbox`` is the relay, every second by default; the purges run hourly. The library
+``publish_outbox`` is the relay, every second by default; ``run_jobs`` runs the local jobs
+(durable after-commit handlers), every second too; the purges run hourly. The library
 gives the schedule, so a project does not paste it::
 
     from outbox.schedule import beat_schedule
@@ -21,12 +22,13 @@ from django.db import DatabaseError, connections
 
 from outbox import conf
 from outbox.consumer.inbox import purge_inbox as purge_inbox_records
+from outbox.jobs.runner import run_due_jobs
 from outbox.operations import actions
 from outbox.relay import Relay, RelaySettings
 from outbox.relay.store import ClaimedMessage, OutboxStore, store_for
 from outbox.schedule import beat_schedule
 
-__all__ = ["beat_schedule", "publish_outbox", "purge_inbox", "purge_outbox"]
+__all__ = ["beat_schedule", "publish_outbox", "purge_inbox", "purge_outbox", "run_jobs"]
 
 logger = logging.getLogger("outbox.relay")
 
@@ -65,6 +67,23 @@ def publish_outbox(time_budget: float | None = None, kicked_at: float | None = N
         # before that claim started is left claimable.
         _local.drained_since = _local.claims.last_claim_at
     return result.published
+
+
+@shared_task(name="outbox.tasks.run_jobs", ignore_result=True)
+def run_jobs(time_budget: float | None = None, kicked_at: float | None = None) -> int:
+    """Run the local jobs that are due (durable after-commit handlers) for up to
+    ``time_budget`` seconds (default ``OUTBOX["TASK_TIME_BUDGET_SECONDS"]``); return how many
+    ran. Overlapping runs are safe: each claims other jobs. ``kicked_at`` is set by the kick
+    on commit (``outbox.kick``); a kick is a wake-up, so the run is the same either way."""
+    budget = conf.get_float("TASK_TIME_BUDGET_SECONDS") if time_budget is None else time_budget
+    try:
+        result = run_due_jobs(time_budget=budget)
+    except DatabaseError as error:
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+        logger.warning("run_jobs: database unavailable: %s", error)
+        return 0
+    return result.done
 
 
 @shared_task(name="outbox.tasks.purge_inbox", ignore_result=True)

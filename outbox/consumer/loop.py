@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from traceback import format_exception
 
 import pika
 import pika.exceptions
@@ -29,6 +30,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from outbox.broker import connection_parameters
+from outbox.consumer import dead_letters
 from outbox.consumer.fields import install_tolerant_decoding
 from outbox.consumer.processing import (
     MAX_ERROR_CHARS,
@@ -272,6 +274,8 @@ class ConsumerLoop:
                 outcome.reason,
                 outcome.error_message,
             )
+            # Once the broker confirmed the copy: the database record of the dead letter.
+            dead_letters.record(self.spec.name, self.topology.queue, delivery, outcome)
         return copied
 
     def dead_lettered(self, delivery: Delivery, outcome: Outcome) -> None:
@@ -529,6 +533,7 @@ def _unexpected(loop: ConsumerLoop, message_id: object, error: Exception, stage:
         reason=f"{REASON_UNEXPECTED} {stage} it: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS],
         error_type=f"{type(error).__module__}.{type(error).__qualname__}",
         error_message=str(error)[:MAX_ERROR_CHARS],
+        traceback="".join(format_exception(error)),
     )
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from traceback import format_exception
 from typing import Literal
 
 import psycopg
@@ -63,6 +64,8 @@ class Outcome:
     reason: str = ""
     error_type: str = ""
     error_message: str = ""
+    # The failure's Python traceback: kept in the dead-letter record, never sent in headers.
+    traceback: str = ""
     #: Time the handlers ran (processed and failed messages), for the handler-time metric.
     handler_seconds: float = 0.0
 
@@ -393,6 +396,7 @@ def _failed(
         reason=REASON_HANDLER_FAILED,
         error_type=_error_type(error),
         error_message=str(error)[:MAX_ERROR_CHARS],
+        traceback="".join(format_exception(error)),
         handler_seconds=elapsed,
     )
 

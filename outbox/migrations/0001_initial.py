@@ -1,4 +1,4 @@
-"""The outbox and inbox tables, with the relay's triggers (positions in commit order per
+"""The outbox, inbox and job tables, with the relay's triggers (positions in commit order per
 ordering key, and a wake-up notification at commit). docs/relay.md ("Per-aggregate order")
 has the reasoning. Squashed before the first release: one initial migration."""
 
@@ -269,4 +269,123 @@ class Migration(migrations.Migration):
             field=models.TextField(blank=True, db_default="", editable=False),
         ),
         # --- end of @idempotent stored results ---
+        # --- local jobs (durable after-commit work; issue 14) ---
+        migrations.CreateModel(
+            name="OutboxJob",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("kind", models.CharField(max_length=64)),
+                ("name", models.CharField(max_length=190)),
+                ("key", models.CharField(max_length=255)),
+                ("payload", models.JSONField(encoder=outbox.common.jsontext.OutboxJSONEncoder)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("ready", "ready"), ("failed", "failed")],
+                        default="ready",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(db_default=Now())),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("created_at", models.DateTimeField(db_default=Now())),
+                (
+                    "lease_owner",
+                    models.CharField(blank=True, default="", editable=False, max_length=255),
+                ),
+                ("lease_expires_at", models.DateTimeField(blank=True, editable=False, null=True)),
+            ],
+            options={
+                "verbose_name": "outbox job",
+                "db_table": "outbox_job",
+                "permissions": [("retry_outboxjob", "Can retry outbox jobs now")],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("status", "ready")),
+                        fields=["next_attempt_at"],
+                        name="outbox_job_due_idx",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("kind", "name", "key"), name="outbox_job_unique"
+                    )
+                ],
+            },
+        ),
+        # --- Dead letters (issue 15): what consumers dead-lettered, for the admin and
+        # outbox_dead_letters. ---
+        migrations.CreateModel(
+            name="DeadLetter",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("consumer", models.CharField(max_length=255)),
+                ("queue", models.CharField(max_length=255)),
+                ("message_id", models.CharField(blank=True, default="", max_length=255)),
+                ("event_type", models.CharField(blank=True, default="", max_length=255)),
+                ("routing_key", models.CharField(blank=True, default="", max_length=255)),
+                ("aggregate_type", models.CharField(blank=True, default="", max_length=255)),
+                ("aggregate_id", models.CharField(blank=True, default="", max_length=255)),
+                (
+                    "payload",
+                    models.JSONField(
+                        blank=True, encoder=outbox.common.jsontext.OutboxJSONEncoder, null=True
+                    ),
+                ),
+                ("body", models.BinaryField(default=b"")),
+                (
+                    "headers",
+                    models.JSONField(
+                        blank=True, default=dict, encoder=outbox.common.jsontext.OutboxJSONEncoder
+                    ),
+                ),
+                (
+                    "properties",
+                    models.JSONField(
+                        blank=True, default=dict, encoder=outbox.common.jsontext.OutboxJSONEncoder
+                    ),
+                ),
+                ("reason", models.TextField(blank=True, default="")),
+                ("error_type", models.CharField(blank=True, default="", max_length=255)),
+                ("error", models.TextField(blank=True, default="")),
+                ("traceback", models.TextField(blank=True, default="")),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("dead_lettered_at", models.DateTimeField(db_default=Now())),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("dead", "dead"),
+                            ("requeued", "requeued"),
+                            ("discarded", "discarded"),
+                        ],
+                        default="dead",
+                        max_length=16,
+                    ),
+                ),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("resolved_by", models.CharField(blank=True, default="", max_length=255)),
+            ],
+            options={
+                "verbose_name": "dead letter",
+                "db_table": "outbox_dead_letter",
+                "permissions": [
+                    ("requeue_deadletter", "Can requeue dead letters"),
+                    ("discard_deadletter", "Can discard dead letters"),
+                ],
+                "indexes": [
+                    models.Index(fields=["message_id"], name="outbox_dead_message_idx"),
+                    models.Index(fields=["aggregate_id"], name="outbox_dead_aggregate_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status", "dead")),
+                        fields=("consumer", "message_id"),
+                        name="outbox_dead_letter_open_uniq",
+                    )
+                ],
+            },
+        ),
+        # --- end of dead letters ---
     ]

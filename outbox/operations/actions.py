@@ -11,18 +11,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from datetime import timedelta
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from django.db import router, transaction
-from django.db.models import Case, F, QuerySet, TextField, Value, When
+from django.db.models import Case, F, Model, QuerySet, TextField, Value, When
 from django.db.models.functions import Concat, Now
 
 from outbox import conf
 from outbox.common.database import database_now
-from outbox.models import OutboxMessage
+from outbox.models import OutboxJob, OutboxMessage
 from outbox.operations.vacuum import vacuum_after_purge
 
-__all__ = ["REPLAY_OF_HEADER", "mark_failed", "purge_published", "replay", "retry_now"]
+__all__ = [
+    "REPLAY_OF_HEADER",
+    "mark_failed",
+    "purge_published",
+    "replay",
+    "retry_jobs",
+    "retry_now",
+]
 
 logger = logging.getLogger("outbox.operations")
 
@@ -34,6 +41,8 @@ Status = OutboxMessage.Status
 # Called inside each batch's transaction with the ids of the rows just changed, so that an
 # audit entry (the admin log) commits or rolls back together with the change.
 BatchCallback: TypeAlias = Callable[[list[int]], None]
+# Outbox rows or local jobs: both are worked through in the same locked batches.
+RowT = TypeVar("RowT", bound=Model)
 
 
 def retry_now(
@@ -56,6 +65,32 @@ def retry_now(
 
     changed = _in_batches(messages, {Status.READY, Status.FAILED}, apply, on_batch, batch_size)
     _log("retry_now", changed)
+    return changed
+
+
+def retry_jobs(
+    jobs: QuerySet[OutboxJob],
+    *,
+    on_batch: BatchCallback | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> int:
+    """Put failed and waiting local jobs back to ready, due now, with their runs reset to 0
+    (after fixing the cause, a job gets its whole retry budget again). ``last_error`` is kept
+    until the next run replaces it. A job being run right now is left alone. Returns the
+    number of jobs changed."""
+
+    def apply(ids: list[int]) -> None:
+        _rows(jobs, ids).update(
+            status=OutboxJob.Status.READY,
+            attempts=0,
+            next_attempt_at=Now(),
+            lease_owner="",
+            lease_expires_at=None,
+        )
+
+    statuses = {OutboxJob.Status.READY, OutboxJob.Status.FAILED}
+    changed = _in_batches(jobs, statuses, apply, on_batch, batch_size)
+    _log("retry_jobs", changed)
     return changed
 
 
@@ -142,12 +177,12 @@ def _copy(original: OutboxMessage) -> OutboxMessage:
     )
 
 
-def _rows(messages: QuerySet[OutboxMessage], ids: list[int]) -> QuerySet[OutboxMessage]:
-    return OutboxMessage.objects.using(messages.db).filter(pk__in=ids)
+def _rows(messages: QuerySet[RowT], ids: list[int]) -> QuerySet[RowT]:
+    return messages.model._default_manager.using(messages.db).filter(pk__in=ids)
 
 
 def _in_batches(
-    messages: QuerySet[OutboxMessage],
+    messages: QuerySet[RowT],
     statuses: Collection[str],
     apply: Callable[[list[int]], None],
     on_batch: BatchCallback | None,
@@ -155,12 +190,12 @@ def _in_batches(
 ) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    alias = messages.db or router.db_for_write(OutboxMessage)
+    alias = messages.db or router.db_for_write(messages.model)
     # Keyset pagination on the id: rows a batch changes may still match the selection
     # (retry-now leaves ready rows ready), so "the next batch" is "ids after the last one".
     # The selection as a subquery: whatever the caller's queryset carries (ordering,
     # DISTINCT from an admin search) cannot clash with FOR UPDATE on the outer query.
-    selected = OutboxMessage.objects.using(alias).filter(
+    selected = messages.model._default_manager.using(alias).filter(
         pk__in=messages.order_by().values("pk"), status__in=statuses
     )
     last_id = 0

@@ -19,7 +19,7 @@ from django.db.models.functions import Now
 
 from outbox import conf
 from outbox.common.database import database_now
-from outbox.models import OutboxMessage
+from outbox.models import OutboxJob, OutboxMessage
 from outbox.relay.publishers import UNROUTABLE_ERROR_PREFIX
 
 # "Is a relay publishing?" looks this far back.
@@ -33,10 +33,12 @@ _ESTIMATED_ROWS_SQL = "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::re
 
 __all__ = [
     "Backlog",
+    "JobBacklog",
     "LatestError",
     "OutboxSummary",
     "backlog",
     "estimated_table_rows",
+    "job_backlog",
     "stuck_after",
     "stuck_condition",
     "summary",
@@ -77,6 +79,9 @@ class OutboxSummary:
     published_per_second: float
     unroutable: int = 0
     latest_error: LatestError | None = None
+    # Local jobs (durable after-commit handlers): waiting or retrying, and failed for good.
+    jobs_ready: int = 0
+    jobs_failed: int = 0
 
     @property
     def relay_active(self) -> bool:
@@ -151,6 +156,26 @@ def backlog(using: str | None = None) -> Backlog:
     return Backlog(row["ready"], row["failed"], _age_seconds(now, row["oldest"]))
 
 
+class JobBacklog(NamedTuple):
+    """Local jobs that wait (or wait for a retry), and jobs that failed for good."""
+
+    ready: int
+    failed: int
+
+
+def job_backlog(using: str | None = None) -> JobBacklog:
+    """Count the local jobs by status. Done jobs are deleted, so the table is small."""
+    row = (
+        OutboxJob.objects.using(_alias(using))
+        .order_by()
+        .aggregate(
+            ready=Count("id", filter=Q(status=OutboxJob.Status.READY)),
+            failed=Count("id", filter=Q(status=OutboxJob.Status.FAILED)),
+        )
+    )
+    return JobBacklog(row["ready"], row["failed"])
+
+
 def summary(using: str | None = None) -> OutboxSummary:
     """Read every operational figure of the outbox at once.
 
@@ -178,6 +203,7 @@ def summary(using: str | None = None) -> OutboxSummary:
     published_count, is_estimate = _published_count(
         published, using, unpublished=unpublished["ready"] + unpublished["failed"]
     )
+    jobs = job_backlog(using)
     return OutboxSummary(
         taken_at=now,
         ready=unpublished["ready"],
@@ -192,6 +218,8 @@ def summary(using: str | None = None) -> OutboxSummary:
         published_per_second=recent["window"] / THROUGHPUT_WINDOW.total_seconds(),
         unroutable=unpublished["unroutable"],
         latest_error=_latest_error(messages),
+        jobs_ready=jobs.ready,
+        jobs_failed=jobs.failed,
     )
 
 

@@ -8,19 +8,26 @@ from outbox import tasks
 from outbox.schedule import beat_schedule
 
 
-def test_schedule_names_the_relay_and_both_purges() -> None:
+def test_schedule_names_the_relay_the_jobs_and_both_purges() -> None:
     schedule = beat_schedule()
     assert {entry["task"] for entry in schedule.values()} == {
         "outbox.tasks.publish_outbox",
+        "outbox.tasks.run_jobs",
         "outbox.tasks.purge_outbox",
         "outbox.tasks.purge_inbox",
     }
     assert schedule["outbox-publish"]["schedule"] == 1.0
+    assert schedule["outbox-jobs"]["schedule"] == 1.0
+
+
+def test_the_jobs_entry_can_be_left_out() -> None:
+    assert "outbox-jobs" not in beat_schedule(jobs_every=None)
 
 
 def test_every_scheduled_task_exists() -> None:
     registered = {
         tasks.publish_outbox.name,
+        tasks.run_jobs.name,
         tasks.purge_outbox.name,
         tasks.purge_inbox.name,
     }

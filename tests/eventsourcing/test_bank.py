@@ -7,6 +7,7 @@ from decimal import Decimal
 from io import StringIO
 
 import pytest
+from django.core import mail
 from django.core.management import call_command
 from django.db import transaction
 
@@ -14,7 +15,8 @@ from domain_events import EventStore
 from domain_events.models import StoredEvent
 from example_project.bank.accounts import Account, OverdraftError
 from example_project.bank.models import AccountBalance
-from outbox.models import OutboxMessage
+from outbox.jobs import run_due_jobs
+from outbox.models import OutboxJob, OutboxMessage
 
 pytestmark = pytest.mark.django_db
 
@@ -83,3 +85,21 @@ def test_the_demo_command_tells_the_story() -> None:
     assert text.count("outbox: bank.AccountOpened") == 1
     assert text.count("outbox: bank.MoneyDeposited") == 1
     assert text.count("outbox: bank.MoneyWithdrawn") == 1
+    assert "after-commit jobs (the receipt e-mail): done 1, skipped 0" in text
+    [receipt] = mail.outbox
+    assert receipt.to == ["zoe@example.com"]
+    assert receipt.subject == "Withdrawal of 30.00"
+
+
+def test_the_receipt_is_a_durable_job_written_with_the_withdrawal() -> None:
+    account = opened_with("10.00")
+    assert not OutboxJob.objects.exists()  # no receipt for a deposit
+    account.withdraw(Decimal("4.00"))
+    with transaction.atomic():
+        store.save(account)
+    job = OutboxJob.objects.get()
+    assert job.name == "example_project.bank.handlers.email_withdrawal_receipt"
+    assert not mail.outbox  # nothing is sent before the job runner runs it
+
+    assert run_due_jobs().done == 1
+    assert mail.outbox[0].body == "4.00 was withdrawn; the balance is now 6.00."

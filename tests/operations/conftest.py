@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
 import pytest
 from django.utils import timezone
 
-from outbox.models import OutboxMessage
+from outbox.models import DeadLetter, OutboxMessage
 
 
 class MakeMessage(Protocol):
@@ -63,3 +65,35 @@ def make_message() -> MakeMessage:
 def refreshed(row: OutboxMessage) -> OutboxMessage:
     """The row as the database has it now."""
     return OutboxMessage.objects.get(pk=row.pk)
+
+
+@pytest.fixture
+def make_dead_letter() -> Callable[..., DeadLetter]:
+    """Insert a dead-letter record as the consumer would have written it."""
+
+    def make(**fields: Any) -> DeadLetter:
+        message_id = str(uuid.uuid4())
+        values: dict[str, Any] = {
+            "consumer": "shipping",
+            "queue": "events.shipping",
+            "message_id": message_id,
+            "event_type": "orders.order_placed",
+            "routing_key": "orders.order_placed",
+            "aggregate_type": "order",
+            "aggregate_id": "42",
+            "payload": {"order_id": 42},
+            "body": b'{"order_id": 42}',
+            "headers": {"aggregate_type": "order", "aggregate_id": "42"},
+            "properties": {"content_type": "application/json"},
+            "reason": "handler failed",
+            "error_type": "builtins.KeyError",
+            "error": "'sku'",
+            "traceback": (
+                "Traceback (most recent call last):\n  File \"shop/handlers.py\"\nKeyError: 'sku'\n"
+            ),
+            "attempts": 5,
+        }
+        values.update(fields)
+        return DeadLetter.objects.create(**values)
+
+    return make

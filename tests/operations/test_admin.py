@@ -161,7 +161,10 @@ def test_mark_failed_and_replay_actions(make_message: MakeMessage) -> None:
         ("replay", published),
         ("replay_with_new_ids", ready),
     ]:
-        client.post(CHANGELIST, {"action": action, "_selected_action": [row.pk], "index": 0})
+        client.post(
+            CHANGELIST,
+            {"action": action, "_selected_action": [row.pk], "index": 0, "post": "yes"},
+        )
 
     assert refreshed(ready).status == FAILED
     assert refreshed(ready).last_error.startswith(

@@ -58,3 +58,33 @@ def test_isolated_registry_forgets_registrations(handlers: HandlerRegistry) -> N
         inner.register(InvoicePaid, print, on_commit=False)
         assert inner.plan_for(InvoicePaid).in_transaction == (print,)
     assert inner.plan_for(InvoicePaid).in_transaction == ()
+
+
+def send_invoice(event: InvoicePaid) -> None: ...
+
+
+def test_durable_handlers_are_planned_by_dotted_name(handlers: HandlerRegistry) -> None:
+    handler(InvoiceEvent, on_commit="durable")(send_invoice)
+    handler(InvoicePaid, on_commit="durable")(send_invoice)  # one job per event, not two
+    plan = handlers.plan_for(InvoicePaid)
+    assert plan.durable == ("tests.unit.test_registry.send_invoice",)
+    assert (plan.in_transaction, plan.after_commit) == ((), ())
+    assert handlers.durable_handler("tests.unit.test_registry.send_invoice") is send_invoice
+    assert handlers.durable_handler("tests.unit.test_registry.nothing") is None
+
+
+def test_a_durable_handler_must_be_findable_by_name(handlers: HandlerRegistry) -> None:
+    def nested(event: InvoicePaid) -> None: ...
+
+    with pytest.raises(TypeError, match="defined at module level"):
+        handler(InvoicePaid, on_commit="durable")(nested)
+    with pytest.raises(TypeError, match="defined at module level"):
+        handler(InvoicePaid, on_commit="durable")(lambda event: None)
+    assert handlers.plan_for(InvoicePaid).durable == ()
+
+
+def test_on_commit_takes_three_values_only() -> None:
+    with pytest.raises(ValueError, match='False, True or "durable"'):
+        handler(InvoicePaid, on_commit="later")(send_invoice)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match='False, True or "durable"'):
+        handler(InvoicePaid, on_commit=1)(send_invoice)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """``manage.py outbox_status``: the outbox's health, for people (a table) and machines (JSON).
 
 Exit status, so it can serve as a health check: 0 healthy; otherwise the sum of 1 (the oldest
-ready row is older than ``--max-age``) and 2 (more failed rows than ``--max-failed``); 4 when
+ready row is older than ``--max-age``) and 2 (more failed rows, or failed local jobs, than
+``--max-failed``); 4 when
 the outbox cannot be read at all (database down). ``--json`` prints one JSON object in every
 case, the database error included.
 """
@@ -38,8 +39,9 @@ ERROR_PREVIEW_CHARS = 300
 class Command(OutboxCommand):
     help = (
         "Show counts per status, unroutable rows, the latest error, the oldest ready row's"
-        " age and recent throughput. Exits 1 if the backlog is too old, 2 if rows failed, 3 if"
-        " both, 4 if the database cannot be read."
+        " age, recent throughput and local jobs (durable after-commit handlers) ready and"
+        " failed. Exits 1 if the backlog is too old, 2 if rows or jobs failed, 3 if both, 4 if"
+        " the database cannot be read."
     )
     requires_system_checks: list[str] = []
 
@@ -62,7 +64,8 @@ class Command(OutboxCommand):
             type=int,
             default=0,
             metavar="N",
-            help="unhealthy when more than N rows are failed (default 0)",
+            help="unhealthy when more than N rows, or more than N local jobs, are failed"
+            " (default 0)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -86,6 +89,11 @@ class Command(OutboxCommand):
             exit_code |= EXIT_FAILED_ROWS
             problems.append(
                 f"{count(summary.failed, 'failed row')} (limit {options['max_failed']})"
+            )
+        if summary.jobs_failed > options["max_failed"]:
+            exit_code |= EXIT_FAILED_ROWS
+            problems.append(
+                f"{count(summary.jobs_failed, 'failed job')} (limit {options['max_failed']})"
             )
 
         if options["json"]:
@@ -131,6 +139,8 @@ def _table(summary: stats.OutboxSummary, problems: list[str]) -> str:
         ("throughput (last 5 min)", f"{summary.published_per_second:.2f} msg/s"),
         ("last published at", last),
         ("latest error", _latest_error(summary.latest_error)),
+        ("jobs ready (after-commit handlers)", str(summary.jobs_ready)),
+        ("jobs failed", str(summary.jobs_failed)),
         ("health", "OK" if not problems else "UNHEALTHY: " + "; ".join(problems)),
     ]
     width = max(len(label) for label, _ in rows)

@@ -12,6 +12,7 @@ from domain_events import DuplicateCommandError, EventStore
 from domain_events.models import StoredEvent
 from example_project.bank.accounts import Account, OverdraftError
 from example_project.bank.models import AccountBalance
+from outbox.jobs import run_due_jobs
 from outbox.models import OutboxMessage
 
 
@@ -56,3 +57,6 @@ class Command(BaseCommand):
         )
         for message in messages:
             self.stdout.write(f"outbox: {message.event_type} {message.payload}")
+        # The receipt is a durable after-commit handler: a local job that outbox_jobs or the
+        # run_jobs Celery task runs; run here so the demo shows it.
+        self.stdout.write(f"after-commit jobs (the receipt e-mail): {run_due_jobs()}")
