@@ -24,10 +24,9 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -392,9 +391,13 @@ class Relay:
         # Before any claim: the rows a database error left confirmed-but-unmarked or leased
         # to this relay are recorded, so none of them waits for its lease or is sent again.
         carried = self._record_leftovers()
-        with self._database_thread() as database:
+        refuse_inside_atomic(self.using)
+        database = _Database(self)
+        try:
             pipeline = _Pipeline(self, database, stopping)
             pipeline.run()
+        finally:
+            database.close()
         totals = pipeline.totals
         return DrainResult(
             carried.published + totals.published,
@@ -405,29 +408,10 @@ class Relay:
             carried.released + totals.released,
         )
 
-    @contextmanager
-    def _database_thread(self) -> Iterator[_Database]:
-        """The relay's database thread, on this thread's connection for the time of a drain.
-
-        While the broker takes one batch, the claim of the next and the marking of the
-        previous one run there: a statement waiting for PostgreSQL releases the GIL, so the
-        publishing thread keeps writing meanwhile. The connection is shared, not doubled (no
-        second session, no second set of locks): only one thread uses it at a time, since the
-        caller touches the database only through this thread until the drain is over.
-        """
-        wrapper = connections[self.using]
-        refuse_inside_atomic(self.using)
+    def _database_executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-db")
-        database = _Database(self._executor)
-        wrapper.inc_thread_sharing()
-        try:
-            database.run(_use_connection, self.using, wrapper).result()
-            yield database
-        finally:
-            # The caller gets its connection back only once nothing else uses it.
-            database.wait()
-            wrapper.dec_thread_sharing()
+        return self._executor
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The long-running worker: drain, then sleep until rows commit, until stopped.
@@ -543,21 +527,57 @@ class _Settlement:
 
 
 class _Database:
-    """Submits work to the relay's database thread and remembers it, so that ``wait`` can
-    make sure nothing is still running when the connection goes back to its owner."""
+    """Runs the relay's database work: inline, or once the backlog is large, on the relay's
+    database thread, on the caller's connection.
 
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
-        self._executor = executor
+    A drain starts inline: a few rows (the low-latency worker's usual wake-up) are not worth
+    two thread switches per statement, which on a busy machine cost more than the
+    statements. Once a claim comes back full, ``go_parallel`` moves the work to the thread:
+    while the broker takes one batch, the claim of the next and the marking of the previous
+    one run there, and a statement waiting for PostgreSQL releases the GIL, so the
+    publishing thread keeps writing meanwhile. The connection is shared, not doubled (no
+    second session, no second set of locks): only one thread uses it at a time, since the
+    caller touches the database only through this object until ``close``, which waits for
+    everything submitted.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._executor: ThreadPoolExecutor | None = None
         self._submitted: list[Future[Any]] = []
+        self._wrapper: BaseDatabaseWrapper | None = None
 
     def run(self, work: Callable[..., T], *args: Any) -> Future[T]:
+        """``work(*args)``, as a future (already done when run inline)."""
+        if self._executor is None:
+            done: Future[T] = Future()
+            try:
+                done.set_result(work(*args))
+            except Exception as error:  # raised by result(), as from the thread
+                done.set_exception(error)
+            return done
         future = self._executor.submit(work, *args)
         self._submitted.append(future)
         return future
 
-    def wait(self) -> None:
+    def go_parallel(self) -> None:
+        """From now on, run the work on the relay's database thread."""
+        if self._executor is not None:
+            return
+        alias = self._relay.using
+        self._wrapper = connections[alias]
+        self._wrapper.inc_thread_sharing()
+        self._executor = self._relay._database_executor()
+        self.run(_use_connection, alias, self._wrapper)
+
+    def close(self) -> None:
+        """Wait for everything submitted; the caller has its connection back."""
         futures_wait(self._submitted)
         self._submitted.clear()
+        self._executor = None
+        if self._wrapper is not None:
+            self._wrapper.dec_thread_sharing()
+            self._wrapper = None
 
 
 def _use_connection(alias: str, wrapper: BaseDatabaseWrapper) -> None:
@@ -606,6 +626,8 @@ class _Pipeline:
             if claim is not None:
                 claimed = self._result(claim, [])
                 claim = None
+            if len(claimed) >= relay.settings.batch_size:
+                self.database.go_parallel()  # a backlog: overlap the database work
             if claimed and self._healthy():
                 sent = relay.publisher.send_batch([_outgoing(message) for message in claimed])
                 self._in_flight.append((claimed, sent))

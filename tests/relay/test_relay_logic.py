@@ -295,3 +295,39 @@ def test_broker_outage_warnings_name_the_broker_but_not_the_password(
         for line in warnings
     ), warnings
     assert not any("s3cret" in line or "app:" in line for line in warnings)
+
+
+def test_a_database_error_while_batches_are_in_flight_loses_and_resends_nothing() -> None:
+    from django.db import DatabaseError
+
+    from outbox.relay import Relay
+    from outbox.relay.postgresql import PostgreSQLStore
+    from outbox.relay.store import RetryPolicy
+    from tests.relay.conftest import fast_settings
+
+    class MarkFailsOnce(PostgreSQLStore):
+        failed = False
+
+        def mark_published(self, ids: Any) -> int:
+            if not self.failed:
+                self.failed = True
+                raise DatabaseError("connection lost while marking")
+            return super().mark_published(ids)
+
+    write(10, key=None)
+    publisher = InMemoryPublisher()
+    store = MarkFailsOnce("default", retry=RetryPolicy(3, 0, 0))
+    # Batches of 2 are full batches: the drain runs pipelined, on the database thread.
+    relay = Relay(publisher, store=store, settings=fast_settings(batch_size=2))
+    try:
+        with pytest.raises(DatabaseError, match="while marking"):
+            relay.drain()
+        assert relay._unrecorded, "the confirms the database did not take are kept"
+        relay.drain()
+    finally:
+        relay.close()
+
+    sent = [message.message_id for message in publisher.published]
+    assert len(sent) == len(set(sent)) == 10, "every row sent once, none sent again"
+    assert set(OutboxMessage.objects.values_list("status", flat=True)) == {Status.PUBLISHED}
+    assert not relay._unrecorded
