@@ -17,21 +17,25 @@ end. The summary compares with the targets of docs/performance.md and exits 1 on
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 from django.core.management import call_command
 from django.db import connection
 from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
+from pika.exchange_type import ExchangeType
 
 from example_project.shop.models import Stock
 from outbox.broker import connection_parameters
@@ -59,8 +63,10 @@ class Step:
     p95: float
     p99: float
     worst: float
-    # Medians of the parts: commit -> handler started (relay, broker, consumer's receive),
-    # handler started -> its commit; and commit -> the relay marked the row published.
+    # Medians of the parts: commit -> a bare AMQP consumer of the exchange got the message
+    # (the relay and the broker), -> the handler started (plus the consumer's queue and
+    # receive), handler started -> its commit; and commit -> the relay marked it published.
+    to_broker: float
     to_handler: float
     in_handler: float
     to_marked: float
@@ -70,8 +76,8 @@ class Step:
             f"{self.rate:6.0f} tx/s asked ({self.writers} writer{'s' if self.writers > 1 else ''}),"
             f" {self.achieved:6.0f} achieved: p50 {self.p50:6.1f} ms, p95 {self.p95:6.1f},"
             f" p99 {self.p99:6.1f}, max {self.worst:7.1f}; lost {self.lost} of {self.committed}"
-            f" | medians: to handler {self.to_handler:.1f}, in handler {self.in_handler:.1f},"
-            f" to marked {self.to_marked:.1f}"
+            f" | medians: to broker {self.to_broker:.1f}, to handler {self.to_handler:.1f},"
+            f" in handler {self.in_handler:.1f}, to marked {self.to_marked:.1f}"
         )
 
 
@@ -227,10 +233,45 @@ def delete_queues() -> None:
 # -- one step ------------------------------------------------------------------------------
 
 
+class Probe:
+    """A bare consumer of the exchange (its own exclusive queue, auto-ack, no database) in a
+    thread: when each order's message reached RabbitMQ's consumers, whatever the inbox
+    consumer does."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+
+    def _run(self) -> None:
+        broker = pika.BlockingConnection(connection_parameters(client_name="outbox-bench-probe"))
+        channel = broker.channel()
+        channel.exchange_declare(EXCHANGE, exchange_type=ExchangeType("topic"), durable=True)
+        queue = channel.queue_declare("", exclusive=True).method.queue or ""
+        channel.queue_bind(queue, EXCHANGE, routing_key="orders.order_placed")
+
+        def on_message(channel_: Any, method: Any, properties: Any, body: bytes) -> None:
+            self.arrived.setdefault(str(json.loads(body)["order_id"]), time.time())
+
+        channel.basic_consume(queue, on_message, auto_ack=True)
+        self._ready.set()
+        while not self._stop.is_set():
+            broker.process_data_events(0.05)  # type: ignore[arg-type]  # stub: int
+        broker.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def run_step(rate: float, seconds: float, writers: int | None, receipts: Path) -> Step:
     """``rate`` transactions/s for ``seconds`` over ``writers`` processes, then up to 15 s
     for the last messages."""
     writers = writers or max(1, math.ceil(rate / RATE_PER_WRITER))
+    probe = Probe()
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE outbox_message, shop_order, shipping_shipment, outbox_inbox")
     skus = [f"e2e-{n}" for n in range(writers)]
@@ -258,6 +299,7 @@ def run_step(rate: float, seconds: float, writers: int | None, receipts: Path) -
     first, last = min(committed.values()), max(committed.values())
     achieved = (len(committed) - 1) / (last - first) if len(committed) > 1 else 0.0
     handled = wait_for_receipts(receipts, committed)
+    probe.stop()
     marked = {
         str(order_id): published_at.timestamp()
         for order_id, published_at in OutboxMessage.objects.filter(
@@ -280,6 +322,9 @@ def run_step(rate: float, seconds: float, writers: int | None, receipts: Path) -
         p95=cuts[94],
         p99=cuts[98],
         worst=delays[-1] if delays else 0.0,
+        to_broker=median_ms(
+            probe.arrived[key] - committed[key] for key in committed if key in probe.arrived
+        ),
         to_handler=median_ms(
             handled[key][0] - committed[key] for key in committed if key in handled
         ),

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--sku", required=True)
     options = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "e2e_project.settings"
     django.setup()
     logging.getLogger("example_project").setLevel(logging.WARNING)
     from django.db import transaction

@@ -17,13 +17,14 @@ the database answers again, before it claims anything. docs/relay.md has the who
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import socket
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -381,6 +382,15 @@ class Relay:
     ) -> DrainResult:
         """Publish batches until nothing is claimable, the broker fails, ``time_budget``
         seconds have passed, or ``should_stop()`` is true. Database errors propagate."""
+        return self._drain(time_budget, should_stop, notified=False)
+
+    def _drain(
+        self,
+        time_budget: float | None,
+        should_stop: Callable[[], bool] | None,
+        *,
+        notified: bool,
+    ) -> DrainResult:
         deadline = None if time_budget is None else time.monotonic() + time_budget
 
         def stopping() -> bool:
@@ -394,7 +404,7 @@ class Relay:
         refuse_inside_atomic(self.using)
         database = _Database(self)
         try:
-            pipeline = _Pipeline(self, database, stopping)
+            pipeline = _Pipeline(self, database, stopping, notified=notified)
             pipeline.run()
         finally:
             database.close()
@@ -426,7 +436,10 @@ class Relay:
         try:
             while not should_stop():
                 try:
-                    result = self.drain(should_stop=should_stop)
+                    # LISTEN first: a commit during the drain then wakes the next wait.
+                    with contextlib.suppress(DatabaseError):
+                        listener.wait(0)
+                    result = self._drain(None, should_stop, notified=listener.listening)
                 except DatabaseError as error:
                     failures += 1
                     self._database_lost(error, failures)
@@ -604,8 +617,17 @@ class _Pipeline:
     or when ``stopping()``.
     """
 
-    def __init__(self, relay: Relay, database: _Database, stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        database: _Database,
+        stopping: Callable[[], bool],
+        *,
+        notified: bool = False,
+    ) -> None:
         self.relay = relay
+        # Rows committed from now on wake the caller by a notification (the worker's LISTEN).
+        self.notified = notified
         self.database = database
         self.stopping = stopping
         self.totals = BatchResult()
@@ -626,13 +648,16 @@ class _Pipeline:
             if claim is not None:
                 claimed = self._result(claim, [])
                 claim = None
-            if len(claimed) >= relay.settings.batch_size:
+            full = len(claimed) >= relay.settings.batch_size
+            if full:
                 self.database.go_parallel()  # a backlog: overlap the database work
             if claimed and self._healthy():
                 sent = relay.publisher.send_batch([_outgoing(message) for message in claimed])
                 self._in_flight.append((claimed, sent))
                 self.batches += 1
-                if not self.stopping():
+                # A claim that was not full took every row publishable when it ran: the
+                # next one has to wait for this batch's settle to find more.
+                if full and not self.stopping():
                     claim = self.database.run(relay._claim)
                     after_settles = False
             elif claimed:
@@ -649,6 +674,8 @@ class _Pipeline:
                 elif not claimed and last_claim_after_settles:
                     ended = True
                     self.batches += 1  # the last round: an empty claim
+                elif claimed and last_claim_after_settles and self._notified_of_the_rest(claimed):
+                    ended = True
                 else:
                     # Rows of the settled batches' keys may be claimable only now.
                     claim = self.database.run(relay._claim)
@@ -659,6 +686,25 @@ class _Pipeline:
 
     def _healthy(self) -> bool:
         return self.broker_error is None and self.database_error is None
+
+    def _notified_of_the_rest(self, claimed: list[ClaimedMessage]) -> bool:
+        """Whether the long-running worker may skip the last, empty claim after ``claimed``.
+
+        It may when that claim, made with nothing else in flight, took every publishable
+        row: it was not full and cut no key's run at the per-key cap. Then whatever becomes
+        publishable later committed after it, and its notification wakes the worker at once
+        (the claim a Celery run ends on is not skipped: it proves the outbox drained). Rows
+        not due yet, or behind a head another relay holds, wait for the poll as always.
+        """
+        if not self.notified or len(claimed) >= self.relay.settings.batch_size:
+            return False
+        cap = getattr(self.relay.store, "max_per_key", None) or self.relay.settings.batch_size
+        per_key = Counter(
+            (message.aggregate_type, message.aggregate_id)
+            for message in claimed
+            if message.aggregate_type
+        )
+        return not per_key or max(per_key.values()) < cap
 
     def _collect(self) -> None:
         claimed, sent = self._in_flight.popleft()
