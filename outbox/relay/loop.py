@@ -4,7 +4,9 @@ One batch is three short steps and never holds a database transaction across bro
 
 1. claim (one autocommit statement): lease up to BATCH_SIZE rows, each key's run of oldest rows
    behind its head (up to MAX_PER_KEY; see "How the claim works" in docs/relay.md);
-2. publish the batch with pipelined confirms (``outbox.relay.publishers``);
+2. publish the batch with pipelined confirms (``outbox.relay.publishers``); over a backlog
+   the next batch is written while this one is confirmed, and the database work of both
+   runs on threads meanwhile (``_Pipeline``, ``_Database``);
 3. settle: confirmed rows marked published in one statement, refused rows scheduled for a
    retry (or failed), rows left unanswered by a broker outage released with attempts unchanged.
 
@@ -37,7 +39,7 @@ from django.utils import timezone
 
 from outbox import conf
 from outbox.broker import broker_address
-from outbox.common.database import outbox_alias
+from outbox.common.database import is_postgresql, outbox_alias
 from outbox.common.words import count
 from outbox.operations import metrics
 from outbox.relay.listener import ReadyListener
@@ -168,8 +170,8 @@ class Relay:
         # written; written before the next claim (see _record_leftovers).
         self._unrecorded: list[_Settlement] = []
         self._unroutable = UnroutableReporter()
-        # The database thread of drain(), started on first use and stopped by close().
-        self._executor: ThreadPoolExecutor | None = None
+        # The database threads of drain(), started on first use and stopped by close().
+        self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
 
     def publish_batch(self) -> BatchResult:
         """Claim one batch, publish it and record the outcome. Database errors propagate.
@@ -418,10 +420,14 @@ class Relay:
             carried.released + totals.released,
         )
 
-    def _database_executor(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-db")
-        return self._executor
+    def _database_threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """The claim thread and the settle thread of drain(), started on first use."""
+        if self._executors is None:
+            self._executors = (
+                ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-claim"),
+                ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-settle"),
+            )
+        return self._executors
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The long-running worker: drain, then sleep until rows commit, until stopped.
@@ -480,8 +486,8 @@ class Relay:
     def close(self) -> None:
         """Close the broker connection and stop the database thread."""
         self.publisher.close()
-        executor, self._executor = self._executor, None
-        if executor is not None:
+        executors, self._executors = self._executors, None
+        for executor in executors or ():
             executor.shutdown(wait=True)
 
     def _database_lost(self, error: Exception, failures: int) -> None:
@@ -540,57 +546,75 @@ class _Settlement:
 
 
 class _Database:
-    """Runs the relay's database work: inline, or once the backlog is large, on the relay's
-    database thread, on the caller's connection.
+    """Runs the relay's database work: inline, or once the backlog is large, on two threads.
 
     A drain starts inline: a few rows (the low-latency worker's usual wake-up) are not worth
-    two thread switches per statement, which on a busy machine cost more than the
-    statements. Once a claim comes back full, ``go_parallel`` moves the work to the thread:
-    while the broker takes one batch, the claim of the next and the marking of the previous
-    one run there, and a statement waiting for PostgreSQL releases the GIL, so the
-    publishing thread keeps writing meanwhile. The connection is shared, not doubled (no
-    second session, no second set of locks): only one thread uses it at a time, since the
-    caller touches the database only through this object until ``close``, which waits for
-    everything submitted.
+    thread switches, which on a busy machine cost more than the statements. Once a claim
+    comes back full (on PostgreSQL), ``go_parallel`` moves the work off the publishing
+    thread: claims run on the relay's claim thread, which borrows the caller's connection,
+    and settles (marking, retries, releases) on its settle thread, on a connection of its
+    own, opened for the drain and closed at its end. A statement waiting for PostgreSQL
+    releases the GIL, so the publishing thread keeps writing meanwhile, and the marking of
+    one batch runs beside the claim of the next. Each thread runs its statements in the
+    order they were queued. The caller touches the database only through this object until
+    ``close``, which waits for everything submitted.
     """
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
-        self._executor: ThreadPoolExecutor | None = None
+        self._claims: ThreadPoolExecutor | None = None
+        self._settles: ThreadPoolExecutor | None = None
         self._submitted: list[Future[Any]] = []
         self._wrapper: BaseDatabaseWrapper | None = None
 
     def run(self, work: Callable[..., T], *args: Any) -> Future[T]:
-        """``work(*args)``, as a future (already done when run inline)."""
-        if self._executor is None:
+        """Claim work: ``work(*args)``, as a future (already done when run inline)."""
+        return self._submit(self._claims, work, *args)
+
+    def settle(self, work: Callable[..., T], *args: Any) -> Future[T]:
+        """Settle work, as ``run``."""
+        return self._submit(self._settles, work, *args)
+
+    def _submit(
+        self, executor: ThreadPoolExecutor | None, work: Callable[..., T], *args: Any
+    ) -> Future[T]:
+        if executor is None:
             done: Future[T] = Future()
             try:
                 done.set_result(work(*args))
-            except Exception as error:  # raised by result(), as from the thread
+            except Exception as error:  # raised by result(), as from a thread
                 done.set_exception(error)
             return done
-        future = self._executor.submit(work, *args)
+        future = executor.submit(work, *args)
         self._submitted.append(future)
         return future
 
     def go_parallel(self) -> None:
-        """From now on, run the work on the relay's database thread."""
-        if self._executor is not None:
-            return
+        """From now on, run the work on the relay's database threads (PostgreSQL only:
+        elsewhere a second connection may not even see the same database)."""
         alias = self._relay.using
+        if self._claims is not None or not is_postgresql(alias):
+            return
         self._wrapper = connections[alias]
         self._wrapper.inc_thread_sharing()
-        self._executor = self._relay._database_executor()
+        self._claims, self._settles = self._relay._database_threads()
         self.run(_use_connection, alias, self._wrapper)
 
     def close(self) -> None:
         """Wait for everything submitted; the caller has its connection back."""
+        if self._settles is not None:
+            # The settle thread's own connection lives for one drain only.
+            self.settle(_close_connection, self._relay.using)
         futures_wait(self._submitted)
         self._submitted.clear()
-        self._executor = None
+        self._claims = self._settles = None
         if self._wrapper is not None:
             self._wrapper.dec_thread_sharing()
             self._wrapper = None
+
+
+def _close_connection(alias: str) -> None:
+    connections[alias].close()
 
 
 def _use_connection(alias: str, wrapper: BaseDatabaseWrapper) -> None:
@@ -600,21 +624,20 @@ def _use_connection(alias: str, wrapper: BaseDatabaseWrapper) -> None:
 
 
 class _Pipeline:
-    """One drain: the publishing side runs here, the database side on the relay's database
-    thread, overlapped.
+    """One drain: the publishing side runs here, the database side through ``_Database``
+    (inline, or on its threads over a backlog), overlapped.
 
     At most two batches are in flight: batch N+1 is written while the broker still confirms
-    batch N; once N is answered its settle is queued on the database thread, and the claim
-    of N+2 was queued when N+1 was sent. The database thread runs its work in order, one
-    statement at a time, so each settle and claim sees the ones queued before it.
+    batch N; once N is answered its settle is queued, and the claim of N+2 was queued when
+    N+1 was sent (only after a full claim: one that was not full took every row there was).
 
     Per-key order: a batch is claimed while every batch before it that is not settled yet is
     still leased, which keeps later rows of their keys out of it; and batches go out on one
     channel in the order they were claimed. Nothing is marked published before its confirm.
     The drain ends on an empty claim made after every batch was settled (the one a Celery
-    run trusts to have seen every row committed before it started), on a broker error, on a
-    database error (raised once every batch sent is settled or kept in ``_unrecorded``),
-    or when ``stopping()``.
+    run trusts to have seen every row committed before it started; the worker may skip it,
+    see ``_notified_of_the_rest``), on a broker error, on a database error (raised once every
+    batch sent is settled or kept in ``_unrecorded``), or when ``stopping()``.
     """
 
     def __init__(
@@ -678,6 +701,7 @@ class _Pipeline:
                     ended = True
                 else:
                     # Rows of the settled batches' keys may be claimable only now.
+                    self._count_settled(wait=True)
                     claim = self.database.run(relay._claim)
                     after_settles = True
         self._count_settled(wait=True)
@@ -718,9 +742,9 @@ class _Pipeline:
     def _settle(self, claimed: list[ClaimedMessage], outcome: PublishOutcome | None) -> None:
         """Queue the settle of a batch (``None``: never sent, to be given back)."""
         if outcome is None:
-            self._settling.append(self.database.run(self.relay._give_back, claimed))
+            self._settling.append(self.database.settle(self.relay._give_back, claimed))
         else:
-            self._settling.append(self.database.run(self.relay._settle, claimed, outcome))
+            self._settling.append(self.database.settle(self.relay._settle, claimed, outcome))
 
     def _count_settled(self, *, wait: bool) -> None:
         while self._settling and (wait or self._settling[0].done()):
