@@ -47,7 +47,7 @@ BENCH = Path(__file__).resolve().parent
 CONSUMER = f"bench-e2e-{EXCHANGE[-8:]}"
 # One writer process keeps about 150 transactions/s here with the relay and consumer running.
 RATE_PER_WRITER = 120.0
-SWEEP_RATES = (200, 300, 400, 500, 600, 800, 1000)
+SWEEP_RATES = (100, 150, 200, 300, 400, 500, 600, 800, 1000)
 
 
 @dataclass(frozen=True)
