@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 import pika
 from django.core.exceptions import ImproperlyConfigured
 
@@ -25,3 +27,19 @@ def connection_parameters(*, client_name: str) -> pika.URLParameters:
         ) from error
     parameters.client_properties = {"connection_name": client_name}
     return parameters
+
+
+def broker_address() -> str:
+    """``host:port`` and virtual host of ``OUTBOX["BROKER_URL"]``, for messages; never the
+    user or password."""
+    url = conf.get_optional_str("BROKER_URL")
+    if not url:
+        return "(no BROKER_URL)"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or (5671 if parts.scheme == "amqps" else 5672)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return f"{parts.hostname}:{port} (vhost {vhost!r})"

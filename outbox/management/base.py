@@ -18,15 +18,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
 import pika.exceptions
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError, connections
 
-from outbox import conf
+from outbox.broker import broker_address
 from outbox.common.database import outbox_alias
+from outbox.common.words import count
 
 __all__ = [
     "EXIT_BROKER_UNAVAILABLE",
@@ -99,11 +99,6 @@ def add_noinput_argument(parser: CommandParser, *, what: str) -> None:
     )
 
 
-def count(number: int, noun: str, plural: str | None = None) -> str:
-    """``number`` with ``noun`` in the right form: ``1 message``, ``3 messages``."""
-    return f"{number} {noun if number == 1 else plural or noun + 's'}"
-
-
 def database_address(alias: str | None = None) -> str:
     """Where database ``alias`` (default: the outbox's) lives, for messages: ``host:port``
     and the database name; never the user or password."""
@@ -126,22 +121,6 @@ def database_error_reason(error: Exception, alias: str | None = None) -> str:
     password = str(connections[outbox_alias(alias)].settings_dict.get("PASSWORD") or "")
     reason = _first_line(error)
     return reason.replace(password, "***") if password else reason
-
-
-def broker_address() -> str:
-    """``host:port`` and virtual host of ``OUTBOX["BROKER_URL"]``, for messages; never the
-    user or password."""
-    url = conf.get_optional_str("BROKER_URL")
-    if not url:
-        return "(no BROKER_URL)"
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    port = port or (5671 if parts.scheme == "amqps" else 5672)
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{parts.hostname}:{port} (vhost {vhost!r})"
 
 
 def _first_line(error: BaseException) -> str:

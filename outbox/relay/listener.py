@@ -29,6 +29,12 @@ class ReadyListener:
         self._connection: psycopg.Connection[Any] | None = None
         self._listens = is_postgresql(self._alias)
 
+    @property
+    def listening(self) -> bool:
+        """Whether a commit from now on wakes ``wait``: on PostgreSQL, once ``wait`` opened
+        the LISTEN connection (and until it is lost)."""
+        return self._listens and self._connection is not None and not self._connection.closed
+
     def wait(self, timeout: float) -> bool:
         """Block until a notification arrives (True) or ``timeout`` seconds pass (False).
 

@@ -4,7 +4,9 @@ One batch is three short steps and never holds a database transaction across bro
 
 1. claim (one autocommit statement): lease up to BATCH_SIZE rows, each key's run of oldest rows
    behind its head (up to MAX_PER_KEY; see "How the claim works" in docs/relay.md);
-2. publish the batch with pipelined confirms (``outbox.relay.publishers``);
+2. publish the batch with pipelined confirms (``outbox.relay.publishers``); over a backlog
+   the next batch is written while this one is confirmed, and the database work of both
+   runs on threads meanwhile (``_Pipeline``, ``_Database``);
 3. settle: confirmed rows marked published in one statement, refused rows scheduled for a
    retry (or failed), rows left unanswered by a broker outage released with attempts unchanged.
 
@@ -17,28 +19,43 @@ the database answers again, before it claims anything. docs/relay.md has the who
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import socket
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from django.db import DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from outbox import conf, wire
-from outbox.common.database import outbox_alias
+from outbox.broker import broker_address
+from outbox.common.database import is_postgresql, outbox_alias
+from outbox.common.words import count
 from outbox.operations import metrics
 from outbox.relay.listener import ReadyListener
-from outbox.relay.publishers import OutgoingMessage, Publisher, PublishOutcome, RabbitMQPublisher
+from outbox.relay.publishers import (
+    OutgoingMessage,
+    Publisher,
+    PublishOutcome,
+    RabbitMQPublisher,
+    SentBatch,
+)
 from outbox.relay.store import (
     ClaimedMessage,
     OutboxStore,
     RetryPolicy,
     RetryResult,
+    refuse_inside_atomic,
     store_for,
 )
 from outbox.relay.unroutable import UnroutableReporter
@@ -48,6 +65,8 @@ __all__ = ["BatchResult", "DrainResult", "Relay", "RelaySettings"]
 logger = logging.getLogger("outbox.relay")
 
 _Claimed = dict[int, ClaimedMessage]
+T = TypeVar("T")
+R = TypeVar("R")
 
 # How often a sleeping worker checks whether it was asked to stop.
 _STOP_CHECK_SECONDS = 0.25
@@ -151,6 +170,8 @@ class Relay:
         # written; written before the next claim (see _record_leftovers).
         self._unrecorded: list[_Settlement] = []
         self._unroutable = UnroutableReporter()
+        # The database threads of drain(), started on first use and stopped by close().
+        self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
 
     def publish_batch(self) -> BatchResult:
         """Claim one batch, publish it and record the outcome. Database errors propagate.
@@ -167,22 +188,16 @@ class Relay:
         )
         if claimed:
             by_id = {message.id: message for message in claimed}
-            self._log(logging.DEBUG, "claim", by_id, list(by_id), "claimed %d messages")
+            self._log(logging.DEBUG, "claim", by_id, list(by_id), "claimed %s")
         return claimed
 
-    def _publish(
-        self,
-        claimed: list[ClaimedMessage],
-        while_confirming: Callable[[], None] | None = None,
-    ) -> BatchResult:
-        """Publish ``claimed`` and settle it; ``while_confirming`` runs once the batch is
-        written and the broker is working on the confirms."""
+    def _publish(self, claimed: list[ClaimedMessage]) -> BatchResult:
+        """Publish ``claimed``, wait for the answers and settle them."""
         if not claimed:
             return BatchResult()
         outcome = self.publisher.publish_batch(
             [_outgoing(message) for message in claimed],
             confirm_timeout=self.settings.confirm_timeout,
-            after_send=while_confirming,
         )
         return self._settle(claimed, outcome)
 
@@ -260,16 +275,13 @@ class Relay:
                     "recovered",
                     leftover.by_id,
                     list(leftover.by_id),
-                    "database back: recorded the outcome of %d messages settled during the outage",
+                    "database back: recorded the outcome of %s settled during the outage",
                 )
         return BatchResult(0, published, retried, failed, released)
 
-    def _give_back(self, claimed: list[ClaimedMessage]) -> int:
-        """Release rows claimed but never sent (kept for later if the database fails); return
-        how many were released."""
-        if not claimed:
-            return 0
-        return self._record(_Settlement.unsent(claimed)).released
+    def _give_back(self, claimed: list[ClaimedMessage]) -> BatchResult:
+        """Release rows claimed but never sent (kept for later if the database fails)."""
+        return self._record(_Settlement.unsent(claimed))
 
     def _settle_confirmed(self, by_id: _Claimed, confirmed: list[int]) -> int:
         published = self.store.mark_published(confirmed)
@@ -278,7 +290,7 @@ class Relay:
             metrics.messages_published(published)
             for key in confirmed:
                 metrics.publish_latency((confirmed_at - by_id[key].created_at).total_seconds())
-            self._log(logging.INFO, "publish", by_id, confirmed, "published %d messages")
+            self._log(logging.INFO, "publish", by_id, confirmed, "published %s")
         return published
 
     def _settle_unroutable(self, by_id: _Claimed, unroutable: dict[int, str]) -> int:
@@ -290,8 +302,9 @@ class Relay:
                 "unroutable",
                 by_id,
                 list(unroutable),
-                "%d unroutable messages dropped by the broker, recorded as published: %s",
+                "%s dropped by the broker, recorded as published: %s",
                 next(iter(unroutable.values())),
+                noun="unroutable message",
             )
         return recorded
 
@@ -304,7 +317,7 @@ class Relay:
                 "retry",
                 by_id,
                 retry.retried,
-                "%d messages refused by the broker, will retry: %s",
+                "%s refused by the broker, will retry: %s",
                 refused[retry.retried[0]],
             )
         if retry.failed:
@@ -314,7 +327,7 @@ class Relay:
                 "fail",
                 by_id,
                 retry.failed,
-                f"%d messages failed after {self.store.retry.max_attempts} attempts: %s",
+                f"%s failed after {self.store.retry.max_attempts} attempts: %s",
                 refused[retry.failed[0]],
             )
         return retry
@@ -329,7 +342,8 @@ class Relay:
                 "release",
                 by_id,
                 unanswered,
-                "broker unavailable, %d messages released with attempts unchanged: %s",
+                "%s released with attempts unchanged, RabbitMQ at %s unavailable: %s",
+                broker_address(),
                 broker_error,
             )
         return released
@@ -342,13 +356,17 @@ class Relay:
         ids: Sequence[int],
         message: str,
         *detail: str,
+        noun: str = "message",
     ) -> None:
-        """One structured line: ``message`` gets the count (and ``detail``); ``extra`` carries
-        the event name, the relay, the count and the message ids for log processors."""
+        """One structured line: ``message`` gets the count of ``noun`` (``1 message``,
+        ``3 messages``), then ``detail``; ``extra`` carries the event name, the relay, the
+        count and the message ids for log processors."""
+        if not logger.isEnabledFor(level):
+            return  # the ids are not worth formatting for a line nobody reads
         logger.log(
             level,
             message,
-            len(ids),
+            count(len(ids), noun),
             *detail,
             extra={
                 "event": event,
@@ -366,47 +384,50 @@ class Relay:
     ) -> DrainResult:
         """Publish batches until nothing is claimable, the broker fails, ``time_budget``
         seconds have passed, or ``should_stop()`` is true. Database errors propagate."""
+        return self._drain(time_budget, should_stop, notified=False)
+
+    def _drain(
+        self,
+        time_budget: float | None,
+        should_stop: Callable[[], bool] | None,
+        *,
+        notified: bool,
+    ) -> DrainResult:
         deadline = None if time_budget is None else time.monotonic() + time_budget
+
+        def stopping() -> bool:
+            return (deadline is not None and time.monotonic() >= deadline) or (
+                should_stop is not None and should_stop()
+            )
+
         # Before any claim: the rows a database error left confirmed-but-unmarked or leased
         # to this relay are recorded, so none of them waits for its lease or is sent again.
         carried = self._record_leftovers()
-        published, retried, failed = carried.published, carried.retried, carried.failed
-        batches = 0
-        released = carried.released
-        claimed = self._claim()
-        while True:
-            # The next batch is claimed while the broker confirms this one, so the database
-            # round trip costs no time. It cannot break per-key order: this batch's rows are
-            # still leased, which keeps every later row of their keys out of the next claim.
-            following = _Prefetch(self._claim)
-            stopping = (deadline is not None and time.monotonic() >= deadline) or (
-                should_stop is not None and should_stop()
+        refuse_inside_atomic(self.using)
+        database = _Database(self)
+        try:
+            pipeline = _Pipeline(self, database, stopping, notified=notified)
+            pipeline.run()
+        finally:
+            database.close()
+        totals = pipeline.totals
+        return DrainResult(
+            carried.published + totals.published,
+            carried.retried + totals.retried,
+            carried.failed + totals.failed,
+            pipeline.batches,
+            pipeline.broker_error,
+            carried.released + totals.released,
+        )
+
+    def _database_threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """The claim thread and the settle thread of drain(), started on first use."""
+        if self._executors is None:
+            self._executors = (
+                ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-claim"),
+                ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-settle"),
             )
-            try:
-                result = self._publish(claimed, None if stopping else following)
-            except DatabaseError:
-                # The prefetched rows were never sent: give them back once the database is
-                # back rather than publish them late, when their lease may have expired and
-                # another relay may already have sent them and later rows of their keys.
-                if following.claimed:
-                    self._unrecorded.append(_Settlement.unsent(following.claimed))
-                raise
-            batches += 1
-            published += result.published
-            retried += result.retried
-            failed += result.failed
-            released += result.released
-            if following.error is not None:
-                raise following.error
-            if result.broker_error is not None:
-                released += self._give_back(following.claimed)
-                return DrainResult(
-                    published, retried, failed, batches, result.broker_error, released
-                )
-            if stopping or result.claimed == 0:
-                return DrainResult(published, retried, failed, batches, released=released)
-            # Rows of this batch's keys may have become claimable only now that it is marked.
-            claimed = following.claimed or self._claim()
+        return self._executors
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """The long-running worker: drain, then sleep until rows commit, until stopped.
@@ -421,7 +442,10 @@ class Relay:
         try:
             while not should_stop():
                 try:
-                    result = self.drain(should_stop=should_stop)
+                    # LISTEN first: a commit during the drain then wakes the next wait.
+                    with contextlib.suppress(DatabaseError):
+                        listener.wait(0)
+                    result = self._drain(None, should_stop, notified=listener.listening)
                 except DatabaseError as error:
                     failures += 1
                     self._database_lost(error, failures)
@@ -431,7 +455,9 @@ class Relay:
                     failures += 1
                     delay = self._backoff(failures)
                     logger.warning(
-                        "broker unavailable; retrying in %.1fs",
+                        "RabbitMQ at %s unavailable (%s); retrying in %.1fs",
+                        broker_address(),
+                        result.broker_error,
                         delay,
                         extra={"event": "backoff", "relay": self.name, "delay": delay},
                     )
@@ -458,8 +484,11 @@ class Relay:
                 return
 
     def close(self) -> None:
-        """Close the broker connection."""
+        """Close the broker connection and stop the database thread."""
         self.publisher.close()
+        executors, self._executors = self._executors, None
+        for executor in executors or ():
+            executor.shutdown(wait=True)
 
     def _database_lost(self, error: Exception, failures: int) -> None:
         # Django reconnects on the next query once the broken connection is closed.
@@ -516,20 +545,231 @@ class _Settlement:
         )
 
 
-class _Prefetch:
-    """Claims the next batch when called; a database error is kept for later, so that the
-    batch being confirmed is settled before it is raised."""
+class _Database:
+    """Runs the relay's database work: inline, or once the backlog is large, on two threads.
 
-    def __init__(self, claim: Callable[[], list[ClaimedMessage]]) -> None:
-        self._claim = claim
-        self.claimed: list[ClaimedMessage] = []
-        self.error: DatabaseError | None = None
+    A drain starts inline: a few rows (the low-latency worker's usual wake-up) are not worth
+    thread switches, which on a busy machine cost more than the statements. Once a claim
+    comes back full (on PostgreSQL), ``go_parallel`` moves the work off the publishing
+    thread: claims run on the relay's claim thread, which borrows the caller's connection,
+    and settles (marking, retries, releases) on its settle thread, on a connection of its
+    own, opened for the drain and closed at its end. A statement waiting for PostgreSQL
+    releases the GIL, so the publishing thread keeps writing meanwhile, and the marking of
+    one batch runs beside the claim of the next. Each thread runs its statements in the
+    order they were queued. The caller touches the database only through this object until
+    ``close``, which waits for everything submitted.
+    """
 
-    def __call__(self) -> None:
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._claims: ThreadPoolExecutor | None = None
+        self._settles: ThreadPoolExecutor | None = None
+        self._submitted: list[Future[Any]] = []
+        self._wrapper: BaseDatabaseWrapper | None = None
+
+    def run(self, work: Callable[..., T], *args: Any) -> Future[T]:
+        """Claim work: ``work(*args)``, as a future (already done when run inline)."""
+        return self._submit(self._claims, work, *args)
+
+    def settle(self, work: Callable[..., T], *args: Any) -> Future[T]:
+        """Settle work, as ``run``."""
+        return self._submit(self._settles, work, *args)
+
+    def _submit(
+        self, executor: ThreadPoolExecutor | None, work: Callable[..., T], *args: Any
+    ) -> Future[T]:
+        if executor is None:
+            done: Future[T] = Future()
+            try:
+                done.set_result(work(*args))
+            except Exception as error:  # raised by result(), as from a thread
+                done.set_exception(error)
+            return done
+        future = executor.submit(work, *args)
+        self._submitted.append(future)
+        return future
+
+    def go_parallel(self) -> None:
+        """From now on, run the work on the relay's database threads (PostgreSQL only:
+        elsewhere a second connection may not even see the same database)."""
+        alias = self._relay.using
+        if self._claims is not None or not is_postgresql(alias):
+            return
+        self._wrapper = connections[alias]
+        self._wrapper.inc_thread_sharing()
+        self._claims, self._settles = self._relay._database_threads()
+        self.run(_use_connection, alias, self._wrapper)
+
+    def close(self) -> None:
+        """Wait for everything submitted; the caller has its connection back."""
+        if self._settles is not None:
+            # The settle thread's own connection lives for one drain only.
+            self.settle(_close_connection, self._relay.using)
+        futures_wait(self._submitted)
+        self._submitted.clear()
+        self._claims = self._settles = None
+        if self._wrapper is not None:
+            self._wrapper.dec_thread_sharing()
+            self._wrapper = None
+
+
+def _close_connection(alias: str) -> None:
+    connections[alias].close()
+
+
+def _use_connection(alias: str, wrapper: BaseDatabaseWrapper) -> None:
+    # Django's connections are per thread; this thread borrows the caller's (as Django's
+    # own live-server thread does), which allowed it with inc_thread_sharing().
+    connections[alias] = wrapper
+
+
+class _Pipeline:
+    """One drain: the publishing side runs here, the database side through ``_Database``
+    (inline, or on its threads over a backlog), overlapped.
+
+    At most two batches are in flight: batch N+1 is written while the broker still confirms
+    batch N; once N is answered its settle is queued, and the claim of N+2 was queued when
+    N+1 was sent (only after a full claim: one that was not full took every row there was).
+
+    Per-key order: a batch is claimed while every batch before it that is not settled yet is
+    still leased, which keeps later rows of their keys out of it; and batches go out on one
+    channel in the order they were claimed. Nothing is marked published before its confirm.
+    The drain ends on an empty claim made after every batch was settled (the one a Celery
+    run trusts to have seen every row committed before it started; the worker may skip it,
+    see ``_notified_of_the_rest``), on a broker error, on a database error (raised once every
+    batch sent is settled or kept in ``_unrecorded``), or when ``stopping()``.
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        database: _Database,
+        stopping: Callable[[], bool],
+        *,
+        notified: bool = False,
+    ) -> None:
+        self.relay = relay
+        # Rows committed from now on wake the caller by a notification (the worker's LISTEN).
+        self.notified = notified
+        self.database = database
+        self.stopping = stopping
+        self.totals = BatchResult()
+        self.batches = 0
+        self.broker_error: str | None = None
+        self.database_error: DatabaseError | None = None
+        self._in_flight: deque[tuple[list[ClaimedMessage], SentBatch]] = deque()
+        self._settling: deque[Future[BatchResult]] = deque()
+
+    def run(self) -> None:
+        relay = self.relay
+        claim: Future[list[ClaimedMessage]] | None = self.database.run(relay._claim)
+        after_settles = True  # the pending claim was queued after every settle
+        ended = False
+        while not ended:
+            claimed: list[ClaimedMessage] = []
+            last_claim_after_settles = after_settles
+            if claim is not None:
+                claimed = self._result(claim, [])
+                claim = None
+            full = len(claimed) >= relay.settings.batch_size
+            if full:
+                self.database.go_parallel()  # a backlog: overlap the database work
+            if claimed and self._healthy():
+                sent = relay.publisher.send_batch([_outgoing(message) for message in claimed])
+                self._in_flight.append((claimed, sent))
+                self.batches += 1
+                # A claim that was not full took every row publishable when it ran: the
+                # next one has to wait for this batch's settle to find more.
+                if full and not self.stopping():
+                    claim = self.database.run(relay._claim)
+                    after_settles = False
+            elif claimed:
+                # Claimed during an outage of the other service: handed back unsent.
+                self._settle(claimed, None)
+            # Two batches in flight: the older one is answered by now, or nearly. Nothing
+            # more to send: every batch is collected.
+            while len(self._in_flight) > (1 if claim is not None else 0):
+                self._collect()
+            self._count_settled(wait=False)
+            if claim is None:
+                if not self._healthy() or self.stopping():
+                    ended = True
+                elif not claimed and last_claim_after_settles:
+                    ended = True
+                    self.batches += 1  # the last round: an empty claim
+                elif claimed and last_claim_after_settles and self._notified_of_the_rest(claimed):
+                    ended = True
+                else:
+                    # Rows of the settled batches' keys may be claimable only now.
+                    self._count_settled(wait=True)
+                    claim = self.database.run(relay._claim)
+                    after_settles = True
+        self._count_settled(wait=True)
+        if self.database_error is not None:
+            raise self.database_error
+
+    def _healthy(self) -> bool:
+        return self.broker_error is None and self.database_error is None
+
+    def _notified_of_the_rest(self, claimed: list[ClaimedMessage]) -> bool:
+        """Whether the long-running worker may skip the last, empty claim after ``claimed``.
+
+        It may when that claim, made with nothing else in flight, took every publishable
+        row: it was not full and cut no key's run at the per-key cap. Then whatever becomes
+        publishable later committed after it, and its notification wakes the worker at once
+        (the claim a Celery run ends on is not skipped: it proves the outbox drained). Rows
+        not due yet, or behind a head another relay holds, wait for the poll as always.
+        """
+        if not self.notified or len(claimed) >= self.relay.settings.batch_size:
+            return False
+        cap = getattr(self.relay.store, "max_per_key", None) or self.relay.settings.batch_size
+        per_key = Counter(
+            (message.aggregate_type, message.aggregate_id)
+            for message in claimed
+            if message.aggregate_type
+        )
+        return not per_key or max(per_key.values()) < cap
+
+    def _collect(self) -> None:
+        claimed, sent = self._in_flight.popleft()
+        outcome = self.relay.publisher.collect(
+            sent, confirm_timeout=self.relay.settings.confirm_timeout
+        )
+        if outcome.broker_error is not None and self.broker_error is None:
+            self.broker_error = outcome.broker_error
+        self._settle(claimed, outcome)
+
+    def _settle(self, claimed: list[ClaimedMessage], outcome: PublishOutcome | None) -> None:
+        """Queue the settle of a batch (``None``: never sent, to be given back)."""
+        if outcome is None:
+            self._settling.append(self.database.settle(self.relay._give_back, claimed))
+        else:
+            self._settling.append(self.database.settle(self.relay._settle, claimed, outcome))
+
+    def _count_settled(self, *, wait: bool) -> None:
+        while self._settling and (wait or self._settling[0].done()):
+            self.totals = _add(self.totals, self._result(self._settling.popleft(), BatchResult()))
+
+    def _result(self, future: Future[R], failed: R) -> R:
+        """``future``'s result, or ``failed`` after a database error (kept to be raised
+        once the batches in flight are settled; the relay's ``_record`` keeps what it could
+        not write in ``_unrecorded``)."""
         try:
-            self.claimed = self._claim()
+            return future.result()
         except DatabaseError as error:
-            self.error = error
+            if self.database_error is None:
+                self.database_error = error
+            return failed
+
+
+def _add(total: BatchResult, more: BatchResult) -> BatchResult:
+    return BatchResult(
+        claimed=total.claimed + more.claimed,
+        published=total.published + more.published,
+        retried=total.retried + more.retried,
+        failed=total.failed + more.failed,
+        released=total.released + more.released,
+    )
 
 
 def _outgoing(message: ClaimedMessage) -> OutgoingMessage:

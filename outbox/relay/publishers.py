@@ -1,10 +1,11 @@
 """Publishers: the relay's I/O boundary towards the broker.
 
-``RabbitMQPublisher`` sends a batch over pika with publisher confirms, pipelined: every
-message of the batch is written before any confirm is awaited, and confirms are matched back
-by delivery tag. ``InMemoryPublisher`` keeps what it is given, for unit tests of code that
-publishes. Both answer ``publish_batch`` with the same ``PublishOutcome``; one contract test
-suite (tests/relay/test_publisher_contract.py) runs against both.
+``RabbitMQPublisher`` sends batches over pika with publisher confirms, pipelined: every
+message of a batch is written before any confirm is awaited, the next batch may be written
+while the broker still confirms the previous one (``send_batch`` / ``collect``), and confirms
+are matched back by delivery tag. ``InMemoryPublisher`` keeps what it is given, for unit
+tests of code that publishes. Both answer with the same ``PublishOutcome``; one contract
+test suite (tests/relay/test_publisher_contract.py) runs against both.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import abc
 import contextlib
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "PublishOutcome",
     "Publisher",
     "RabbitMQPublisher",
+    "SentBatch",
 ]
 
 # How the last_error of a row RabbitMQ could not route starts (outbox_status counts them).
@@ -76,8 +79,32 @@ class PublishOutcome:
     broker_error: str | None = None
 
 
+class SentBatch:
+    """A batch handed to ``Publisher.send_batch``; ``Publisher.collect`` gives its outcome."""
+
+    def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.messages = messages
+
+
 class Publisher(abc.ABC):
-    """Sends batches of messages and reports which the broker confirmed."""
+    """Sends batches of messages and reports which the broker confirmed.
+
+    Two ways to use one: ``publish_batch`` (send, then wait for the answers), or
+    ``send_batch`` followed later by ``collect``, with other batches sent in between: the
+    relay writes the next batch while the broker confirms the previous one. Batches are
+    collected in the order they were sent.
+    """
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> SentBatch:
+        """Start publishing ``messages`` in order and return at once; ``collect`` waits for
+        the answers. Never raises for broker trouble. This default sends nothing before
+        ``collect`` (which calls ``publish_batch``): right for publishers that cannot keep
+        several batches in flight."""
+        return SentBatch(messages)
+
+    def collect(self, batch: SentBatch, *, confirm_timeout: float) -> PublishOutcome:
+        """The outcome of ``batch``, waiting up to ``confirm_timeout`` seconds for it."""
+        return self.publish_batch(batch.messages, confirm_timeout=confirm_timeout)
 
     @abc.abstractmethod
     def publish_batch(
@@ -165,7 +192,8 @@ class RabbitMQPublisher(Publisher):
     mode is on (about 1.3k msg/s here); pipelining needs the channel's asynchronous core,
     reached through ``BlockingChannel._impl``, while the blocking connection still drives the
     socket. The connection is opened on first use and reopened after a failure; exchanges
-    are declared (topic, durable) once per connection.
+    are declared (topic, durable) once per connection. A broken connection fails every batch
+    still in flight: their unanswered messages are reported as such, never as confirmed.
     """
 
     # Write buffered frames to the socket (and read the confirms that came back) every this
@@ -183,12 +211,12 @@ class RabbitMQPublisher(Publisher):
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._declared: set[str] = set()
-        # Per batch: delivery tag -> key, in publish order; and what came back.
         self._next_tag = 0
-        self._in_flight: dict[int, int] = {}
-        self._key_by_message_id: dict[str, int] = {}
-        self._returned: dict[int, str] = {}
-        self._outcome = PublishOutcome()
+        # Across the batches in flight: delivery tag -> (batch, key), oldest first; and
+        # message_id -> (batch, key), to match a basic.return.
+        self._unconfirmed: OrderedDict[int, tuple[_InFlight, int]] = OrderedDict()
+        self._by_message_id: dict[str, tuple[_InFlight, int]] = {}
+        self._open: list[_InFlight] = []
 
     @property
     def connection(self) -> pika.BlockingConnection | None:
@@ -202,58 +230,82 @@ class RabbitMQPublisher(Publisher):
         confirm_timeout: float,
         after_send: Callable[[], None] | None = None,
     ) -> PublishOutcome:
-        self._outcome = PublishOutcome()
         if not messages:
-            return self._outcome
-        self._in_flight = {}
-        self._returned = {}
-        self._key_by_message_id = {message.message_id: message.key for message in messages}
-        sent: list[int] = []
+            return PublishOutcome()
+        batch = self.send_batch(messages)
+        if after_send is not None and not _broken(batch):
+            after_send()
+        return self.collect(batch, confirm_timeout=confirm_timeout)
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> SentBatch:
+        batch = _InFlight(messages)
+        if not messages:
+            return batch
+        self._open.append(batch)
         try:
             channel = self._open_channel()
-            sendable = self._declare_exchanges(messages)
+            sendable = self._declare_exchanges(messages, batch.outcome)
+            core = _core(channel)
+            sent = 0
             for message in messages:
                 if message.key not in sendable:
                     continue
                 properties = _properties(message)
                 if isinstance(properties, str):
                     # The row's own content is at fault, not the broker: only it is refused.
-                    self._outcome.refused[message.key] = properties
+                    batch.outcome.refused[message.key] = properties
                     continue
-                self._send(channel, message, properties)
-                sent.append(message.key)
-                if len(sent) % self._FLUSH_EVERY == 0:
+                core.basic_publish(
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    body=message.body,
+                    properties=properties,
+                    mandatory=True,
+                )
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = (batch, message.key)
+                self._by_message_id[message.message_id] = (batch, message.key)
+                batch.pending += 1
+                sent += 1
+                if sent % self._FLUSH_EVERY == 0:
                     self._require_connection().process_data_events(0)
             self._require_connection().process_data_events(0)
-            if after_send is not None:
-                after_send()
-            self._wait_for_confirms(confirm_timeout)
         except (pika.exceptions.AMQPError, OSError, _ConfirmTimeoutError) as error:
-            # The connection's state is unknown now: start afresh on the next batch.
-            self._drop_connection()
-            # Returns seen in a batch that a broken connection cut short are not trusted
-            # (the broker may have been stopping its queues): like the rest of the batch they
-            # are sent again, so an outage never uses up attempts.
-            self._outcome.unroutable.clear()
-            answered = set(self._outcome.confirmed) | set(self._outcome.refused)
-            self._outcome.unanswered = [
-                message.key for message in messages if message.key not in answered
-            ]
-            self._outcome.broker_error = _describe(error)
-        return self._outcome
+            self._fail(error)
+        return batch
+
+    def collect(self, batch: SentBatch, *, confirm_timeout: float) -> PublishOutcome:
+        if not isinstance(batch, _InFlight):
+            raise TypeError(f"{batch!r} was not sent by this publisher")
+        deadline = time.monotonic() + confirm_timeout
+        try:
+            while batch.pending and batch.broker_error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _ConfirmTimeoutError(
+                        f"{batch.pending} confirms missing after {confirm_timeout:g}s"
+                    )
+                connection = self._require_connection()
+                connection.process_data_events(remaining)  # type: ignore[arg-type]  # stub: int
+        except (pika.exceptions.AMQPError, OSError, _ConfirmTimeoutError) as error:
+            self._fail(error)
+        return self._finish(batch)
 
     def keepalive(self) -> None:
         if self._connection is None:
             return
         try:
             self._connection.process_data_events(0)
-        except (pika.exceptions.AMQPError, OSError):
-            self._drop_connection()
+        except (pika.exceptions.AMQPError, OSError) as error:
+            self._fail(error)
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
         self._channel = None
         self._declared.clear()
+        # Tags of a closed channel are never answered: a batch still waiting for them fails
+        # in collect (no connection), its unanswered messages reported as such.
+        self._unconfirmed.clear()
         if connection is not None and connection.is_open:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 connection.close()
@@ -281,6 +333,9 @@ class RabbitMQPublisher(Publisher):
             if time.monotonic() > deadline:
                 raise _ConfirmTimeoutError("no Confirm.SelectOk from the broker")
             connection.process_data_events(0.05)  # type: ignore[arg-type]  # stub: int
+        # Delivery tags count from 1 on each channel; a channel replaced mid-batch (after an
+        # exchange declaration failed) leaves no message of the old one unanswered, since
+        # declarations happen before a batch's first publish.
         self._next_tag = 0
         return channel
 
@@ -292,9 +347,37 @@ class RabbitMQPublisher(Publisher):
     def _drop_connection(self) -> None:
         self.close()
 
+    def _fail(self, error: BaseException) -> None:
+        """The connection's state is unknown now: every batch in flight is cut short, and the
+        next batch starts afresh on a new connection."""
+        description = _describe(error)
+        for batch in self._open:
+            batch.broker_error = batch.broker_error or description
+        self._drop_connection()
+
+    def _finish(self, batch: _InFlight) -> PublishOutcome:
+        with contextlib.suppress(ValueError):
+            self._open.remove(batch)
+        for message in batch.messages:
+            self._by_message_id.pop(message.message_id, None)
+        outcome = batch.outcome
+        if batch.broker_error is not None:
+            # Returns seen in a batch that a broken connection cut short are not trusted
+            # (the broker may have been stopping its queues): like the rest of the batch they
+            # are sent again, so an outage never uses up attempts.
+            outcome.unroutable.clear()
+            answered = set(outcome.confirmed) | set(outcome.refused)
+            outcome.unanswered = [
+                message.key for message in batch.messages if message.key not in answered
+            ]
+            outcome.broker_error = batch.broker_error
+        return outcome
+
     # -- publishing ---------------------------------------------------------------------
 
-    def _declare_exchanges(self, messages: Sequence[OutgoingMessage]) -> set[int]:
+    def _declare_exchanges(
+        self, messages: Sequence[OutgoingMessage], outcome: PublishOutcome
+    ) -> set[int]:
         """Declare each new exchange of the batch; refuse the messages of one that fails."""
         sendable = {message.key for message in messages}
         for exchange in sorted({message.exchange for message in messages} - self._declared):
@@ -312,54 +395,37 @@ class RabbitMQPublisher(Publisher):
                 for message in messages:
                     if message.exchange == exchange:
                         sendable.discard(message.key)
-                        self._outcome.refused[message.key] = (
+                        outcome.refused[message.key] = (
                             f"cannot declare exchange {exchange!r}: {error.reply_code}"
                             f" {error.reply_text}"
                         )
         return sendable
 
-    def _send(
-        self, channel: BlockingChannel, message: OutgoingMessage, properties: pika.BasicProperties
-    ) -> None:
-        _core(channel).basic_publish(
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            body=message.body,
-            properties=properties,
-            mandatory=True,
-        )
-        self._next_tag += 1
-        self._in_flight[self._next_tag] = message.key
-
-    def _wait_for_confirms(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        connection = self._require_connection()
-        while self._in_flight:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _ConfirmTimeoutError(
-                    f"{len(self._in_flight)} confirms missing after {timeout:g}s"
-                )
-            connection.process_data_events(remaining)  # type: ignore[arg-type]  # stub: int
-
     def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
         method = frame.method
         assert isinstance(method, pika.spec.Basic.Ack | pika.spec.Basic.Nack)
         tag = method.delivery_tag
-        tags = [t for t in self._in_flight if t <= tag] if method.multiple else [tag]
-        for answered in tags:
-            key = self._in_flight.pop(answered, None)
-            if key is None:
-                continue
-            if isinstance(method, pika.spec.Basic.Nack):
-                self._outcome.refused[key] = "nacked by the broker"
-            elif key in self._returned:
-                self._outcome.unroutable[key] = self._returned.pop(key)
-            else:
-                self._outcome.confirmed.append(key)
-        if not self._in_flight and self._connection is not None:
+        refused = isinstance(method, pika.spec.Basic.Nack)
+        if not method.multiple:
+            entry = self._unconfirmed.pop(tag, None)
+            if entry is not None:
+                self._answer(*entry, refused=refused)
+            return
+        unconfirmed = self._unconfirmed
+        while unconfirmed and next(iter(unconfirmed)) <= tag:
+            self._answer(*unconfirmed.popitem(last=False)[1], refused=refused)
+
+    def _answer(self, batch: _InFlight, key: int, *, refused: bool) -> None:
+        batch.pending -= 1
+        if refused:
+            batch.outcome.refused[key] = "nacked by the broker"
+        elif key in batch.returned:
+            batch.outcome.unroutable[key] = batch.returned.pop(key)
+        else:
+            batch.outcome.confirmed.append(key)
+        if not batch.pending and self._connection is not None:
             # Impl-level callbacks do not end process_data_events' wait; a no-op callback
-            # queued on the connection does, so the last confirm is not waited out.
+            # queued on the connection does, so the batch's last confirm is not waited out.
             self._connection.add_callback_threadsafe(_nothing)
 
     def _on_return(
@@ -370,11 +436,27 @@ class RabbitMQPublisher(Publisher):
         body: bytes,
     ) -> None:
         # RabbitMQ sends basic.return before the basic.ack of the same message.
-        key = self._key_by_message_id.get(properties.message_id or "")
-        if key is not None:
-            self._returned[key] = _unroutable_reason(
+        entry = self._by_message_id.get(properties.message_id or "")
+        if entry is not None:
+            batch, key = entry
+            batch.returned[key] = _unroutable_reason(
                 method.exchange or "", method.routing_key or "", method.reply_text or ""
             )
+
+
+class _InFlight(SentBatch):
+    """A batch written to the channel: what the broker answered so far."""
+
+    def __init__(self, messages: Sequence[OutgoingMessage]) -> None:
+        super().__init__(messages)
+        self.outcome = PublishOutcome()
+        self.returned: dict[int, str] = {}
+        self.pending = 0  # messages sent and not answered yet
+        self.broker_error: str | None = None
+
+
+def _broken(batch: SentBatch) -> bool:
+    return isinstance(batch, _InFlight) and batch.broker_error is not None
 
 
 def _properties(message: OutgoingMessage) -> pika.BasicProperties | str:
@@ -385,7 +467,7 @@ def _properties(message: OutgoingMessage) -> pika.BasicProperties | str:
     around ``publish()``'s checks) would otherwise fail inside pika half-way through a batch
     and look like a broker outage, stalling every row behind it.
     """
-    properties = pika.BasicProperties(
+    properties = _EncodedProperties(
         message_id=message.message_id,
         type=message.event_type,
         content_type=wire.CONTENT_TYPE,
@@ -394,10 +476,21 @@ def _properties(message: OutgoingMessage) -> pika.BasicProperties | str:
         headers=message.headers,
     )
     try:
-        properties.encode()
+        properties.encoded = pika.BasicProperties.encode(properties)
     except (pika.exceptions.AMQPError, struct.error, OverflowError, TypeError, ValueError) as error:
         return f"cannot be encoded as AMQP properties: {_describe(error)}"
     return properties
+
+
+class _EncodedProperties(pika.BasicProperties):
+    """Properties that keep the encoding made when they were checked: pika encodes the
+    header frame by calling ``encode()``, which then costs nothing the second time (encoding
+    the headers table is the largest part of pika's work per message)."""
+
+    encoded: list[bytes]
+
+    def encode(self) -> list[bytes]:
+        return self.encoded
 
 
 def _core(channel: BlockingChannel) -> pika.channel.Channel:

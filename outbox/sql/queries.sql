@@ -163,8 +163,8 @@ SET lease_owner = %(owner)s,
 -- a locked head are not re-checked here: whoever holds a key's head is the only claimant of
 -- its run, and dropping a row from the middle of a run would let the rows after it overtake.
 WHERE message.id = ANY(ARRAY(SELECT id FROM chosen)) AND message.status <> 'published'
--- Column names are the fields of outbox.relay.postgresql._ClaimedRow (read by name):
--- ClaimedMessage's, and the key the next claim starts after.
+-- Columns, checked by name and read by position (outbox.relay.postgresql._CLAIM_COLUMNS):
+-- ClaimedMessage's fields in their order, then the key the next claim starts after.
 RETURNING message.id, message.message_id, message.event_type, message.routing_key,
     message.exchange, message.aggregate_type, message.aggregate_id,
     message.payload::text AS payload_json, message.headers::text AS headers,

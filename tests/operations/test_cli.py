@@ -214,13 +214,13 @@ def test_relay_once_verbosity(rabbit_queue: BoundQueue) -> None:
     publish_rows(rabbit_queue.exchange, "orders.placed")
     normal = manage("outbox_relay", "--once", outbox=outbox)
     assert normal.stdout == "published 1, retried 0, failed 0, released 0\n"
-    assert "published 1 messages" not in normal.stderr  # no per-batch lines at -v 1
+    assert "published 1 message" not in normal.stderr  # no per-batch lines at -v 1
 
     publish_rows(rabbit_queue.exchange, "orders.placed")
     chatty = manage("outbox_relay", "--once", "-v", "2", outbox=outbox)
     assert chatty.stdout == "published 1, retried 0, failed 0, released 0\n"
-    assert "DEBUG outbox.relay] claimed 1 messages" in chatty.stderr
-    assert "INFO outbox.relay] published 1 messages" in chatty.stderr
+    assert "DEBUG outbox.relay] claimed 1 message\n" in chatty.stderr
+    assert "INFO outbox.relay] published 1 message\n" in chatty.stderr
     assert len(rabbit_queue.get(3)) == 3
 
 

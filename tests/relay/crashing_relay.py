@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import django
 
-from outbox.relay.publishers import OutgoingMessage, PublishOutcome, RabbitMQPublisher
+from outbox.relay.publishers import (
+    OutgoingMessage,
+    PublishOutcome,
+    RabbitMQPublisher,
+    SentBatch,
+)
 
 CRASH_POINTS = ("after_claim", "after_publish", "after_confirm")
 
@@ -33,24 +38,17 @@ class CrashingPublisher(RabbitMQPublisher):
         super().__init__()
         self.crash_at = crash_at
 
-    def publish_batch(
-        self,
-        messages: Sequence[OutgoingMessage],
-        *,
-        confirm_timeout: float,
-        after_send: Callable[[], None] | None = None,
-    ) -> PublishOutcome:
-        # The relay publishes right after it claims: dying here is dying after the claim.
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> SentBatch:
+        # The relay sends right after it claims: dying here is dying after the claim.
         if self.crash_at == "after_claim":
             _die()
+        sent = super().send_batch(messages)
+        if self.crash_at == "after_publish":
+            _die()
+        return sent
 
-        def sent() -> None:
-            if self.crash_at == "after_publish":
-                _die()
-            if after_send is not None:
-                after_send()
-
-        outcome = super().publish_batch(messages, confirm_timeout=confirm_timeout, after_send=sent)
+    def collect(self, batch: SentBatch, *, confirm_timeout: float) -> PublishOutcome:
+        outcome = super().collect(batch, confirm_timeout=confirm_timeout)
         if self.crash_at == "after_confirm" and outcome.confirmed:
             _die()
         return outcome

@@ -6,6 +6,7 @@ broker, through a small harness that knows how to read back what each one delive
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,3 +150,43 @@ def test_topic_matching_of_the_in_memory_publisher() -> None:
     assert not topic_matches("*.placed", "orders.x.placed")
     assert not topic_matches("orders.*", "orders")
     assert not topic_matches("orders.#", "payments.x")
+
+
+def test_two_batches_in_flight_are_answered_apart_and_delivered_in_order(harness: Harness) -> None:
+    first = [message(harness, key) for key in range(1, 201)]
+    second = [message(harness, 201), message(harness, 202, "nobody.listens")]
+    second += [message(harness, key) for key in range(203, 401)]
+    sent_first = harness.publisher.send_batch(first)
+    sent_second = harness.publisher.send_batch(second)  # before the first is collected
+    one = harness.publisher.collect(sent_first, confirm_timeout=10)
+    two = harness.publisher.collect(sent_second, confirm_timeout=10)
+    assert sorted(one.confirmed) == list(range(1, 201))
+    assert (one.unroutable, one.refused, one.unanswered) == ({}, {}, [])
+    assert sorted(two.confirmed) == [201, *range(203, 401)]
+    assert list(two.unroutable) == [202], "a return belongs to its own batch"
+    routed = [m.message_id for m in first + second if m.routing_key == "orders.placed"]
+    assert [d[0] for d in harness.delivered(399)] == routed
+
+
+def test_a_lost_connection_fails_the_batches_still_waiting_for_answers() -> None:
+    with bound_queue(binding_key=BOUND) as queue:
+        publisher = RabbitMQPublisher(client_name="outbox-contract-test")
+        try:
+            harness = RabbitHarness(publisher, queue.exchange, queue)
+            first = publisher.send_batch([message(harness, key) for key in range(1, 101)])
+            # Too many for all of its confirms to be back before the socket dies.
+            second = publisher.send_batch([message(harness, key) for key in range(101, 3001)])
+            connection = publisher.connection
+            assert connection is not None
+            # The socket dies under both batches, as when the broker goes away.
+            transport = getattr(connection, "_impl")._transport  # noqa: B009
+            transport._sock.shutdown(socket.SHUT_RDWR)
+            outcomes = [publisher.collect(sent, confirm_timeout=5) for sent in (first, second)]
+        finally:
+            publisher.close()
+    assert outcomes[1].broker_error
+    for outcome, keys in zip(outcomes, (range(1, 101), range(101, 3001)), strict=True):
+        # Answered before the loss, or reported unanswered: never both, never neither.
+        assert sorted(outcome.confirmed + outcome.unanswered) == list(keys)
+        assert outcome.unroutable == {}
+        assert outcome.broker_error or not outcome.unanswered

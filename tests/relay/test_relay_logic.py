@@ -252,3 +252,83 @@ def test_the_listener_wakes_on_commit_and_times_out_otherwise() -> None:
         assert listener.wait(0.2) is False, "a rollback notifies nobody"
     finally:
         listener.close()
+
+
+def test_log_lines_count_messages_in_the_right_form(caplog: pytest.LogCaptureFixture) -> None:
+    write(1, key=None)
+    with caplog.at_level(logging.INFO, logger="outbox.relay"):
+        memory_relay().drain()
+        write(3, key=None)
+        memory_relay().drain()
+    lines = [
+        record.getMessage() for record in caplog.records if record.__dict__["event"] == "publish"
+    ]
+    assert lines == ["published 1 message", "published 3 messages"]
+
+
+def test_broker_outage_warnings_name_the_broker_but_not_the_password(
+    caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    settings.OUTBOX = {
+        **settings.OUTBOX,
+        "BROKER_URL": "amqp://app:s3cret@broker.internal:5673/shop",
+    }
+    write(2, key=None)
+    publisher = InMemoryPublisher()
+    publisher.broker_down = True
+    relay = memory_relay(publisher)
+
+    def backing_off() -> bool:  # stop once the first backoff has started
+        return any(record.__dict__.get("event") == "backoff" for record in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="outbox.relay"):
+        relay.run(backing_off)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert any(
+        line.startswith("RabbitMQ at broker.internal:5673 (vhost 'shop') unavailable (")
+        and "retrying in" in line
+        for line in warnings
+    ), warnings
+    assert any(
+        line.startswith(
+            "2 messages released with attempts unchanged, RabbitMQ at broker.internal:5673"
+        )
+        for line in warnings
+    ), warnings
+    assert not any("s3cret" in line or "app:" in line for line in warnings)
+
+
+def test_a_database_error_while_batches_are_in_flight_loses_and_resends_nothing() -> None:
+    from django.db import DatabaseError
+
+    from outbox.relay import Relay
+    from outbox.relay.postgresql import PostgreSQLStore
+    from outbox.relay.store import RetryPolicy
+    from tests.relay.conftest import fast_settings
+
+    class MarkFailsOnce(PostgreSQLStore):
+        failed = False
+
+        def mark_published(self, ids: Any) -> int:
+            if not self.failed:
+                self.failed = True
+                raise DatabaseError("connection lost while marking")
+            return super().mark_published(ids)
+
+    write(10, key=None)
+    publisher = InMemoryPublisher()
+    store = MarkFailsOnce("default", retry=RetryPolicy(3, 0, 0))
+    # Batches of 2 are full batches: the drain runs pipelined, on the database thread.
+    relay = Relay(publisher, store=store, settings=fast_settings(batch_size=2))
+    try:
+        with pytest.raises(DatabaseError, match="while marking"):
+            relay.drain()
+        assert relay._unrecorded, "the confirms the database did not take are kept"
+        relay.drain()
+    finally:
+        relay.close()
+
+    sent = [message.message_id for message in publisher.published]
+    assert len(sent) == len(set(sent)) == 10, "every row sent once, none sent again"
+    assert set(OutboxMessage.objects.values_list("status", flat=True)) == {Status.PUBLISHED}
+    assert not relay._unrecorded
