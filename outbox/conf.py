@@ -129,7 +129,14 @@ SETTINGS: dict[str, Setting] = {
     "JOB_BATCH_SIZE": Setting(10, int, "local jobs one runner claims at a time", minimum=1),
     # --- consumers and inbox ---
     "CONSUMER_PREFETCH": Setting(
-        20, int, "messages RabbitMQ sends a consumer ahead of its acks (basic.qos)", minimum=1
+        100, int, "messages RabbitMQ sends a consumer ahead of its acks (basic.qos)", minimum=1
+    ),
+    "CONSUMER_BATCH_SIZE": Setting(
+        50,
+        int,
+        "deliveries already waiting that a consumer processes in one transaction (1: one"
+        " transaction per message)",
+        minimum=1,
     ),
     "CONSUMER_MAX_ATTEMPTS": Setting(
         5, int, "handler runs per message before it is dead-lettered (1: no retry)", minimum=1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 from uuid import UUID
 
 from outbox.exceptions import InvalidMessageError
@@ -35,6 +36,7 @@ __all__ = [
     "check_aggregate_type",
     "check_header_name",
     "check_header_value",
+    "message_headers",
     "topic_matches",
     "utf8_length",
 ]
@@ -185,6 +187,20 @@ def check_header_value(path: str, value: object, *, also: tuple[type, ...] = ())
                 f"header value at {where} is a {type(item).__name__}; AMQP headers carry None,"
                 " bool, str, 64-bit int, and lists and mappings of these"
             )
+
+
+def message_headers(
+    headers: Mapping[str, object], aggregate_type: str, aggregate_id: str, position: int
+) -> dict[str, Any]:
+    """The AMQP headers of an outbox row: the caller's, then the aggregate's and the row's
+    ``x-outbox-position``. A row without an aggregate has no ordering key, so neither: its
+    position would order it against nothing."""
+    sent: dict[str, Any] = dict(headers)
+    if aggregate_type:
+        sent[AGGREGATE_TYPE_HEADER] = aggregate_type
+        sent[AGGREGATE_ID_HEADER] = aggregate_id
+        sent[HEADER_POSITION] = position
+    return sent
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:

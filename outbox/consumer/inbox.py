@@ -13,8 +13,8 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -45,6 +45,17 @@ RESULT_QUERY = "SELECT result FROM outbox_inbox WHERE consumer = %s AND message_
 STORE_RESULT_QUERY = "UPDATE outbox_inbox SET result = %s WHERE id = %s"
 
 _MAX_KEY_LENGTH = 255
+
+#: The consumer's batch claim: one statement records a whole batch. Rows are inserted in
+#: message id order, so two consumer processes claiming overlapping batches take the unique
+#: key's locks in the same order and wait for each other instead of deadlocking.
+_CLAIM_BATCH_QUERY = """
+INSERT INTO outbox_inbox (consumer, message_id, event_type, processed_at)
+VALUES {rows}
+ON CONFLICT (consumer, message_id) DO NOTHING
+RETURNING message_id
+"""
+UNCLAIM_QUERY = "DELETE FROM outbox_inbox WHERE consumer = %s AND message_id = %s"
 
 
 def claim(
@@ -77,6 +88,31 @@ def _claim_record(
         cursor.execute(CLAIM_QUERY, [consumer, key, event_type[:_MAX_KEY_LENGTH], timezone.now()])
         row = cursor.fetchone()
     return None if row is None else int(row[0])
+
+
+def claim_batch(consumer: str, messages: Sequence[tuple[str, str]], *, using: str) -> set[str]:
+    """Record ``messages`` ((message id, event type) pairs with distinct ids) for ``consumer``
+    in the current transaction, in one statement; return the ids recorded now (the others are
+    duplicates). The consume loop's step; ``unclaim`` undoes one record whose handler failed.
+    """
+    if not messages:
+        return set()
+    now = timezone.now()
+    ordered = sorted(messages)
+    parameters: list[str | datetime] = []
+    for message_id, event_type in ordered:
+        parameters += [consumer, message_id, event_type[:_MAX_KEY_LENGTH], now]
+    query = _CLAIM_BATCH_QUERY.format(rows=", ".join(["(%s, %s, %s, %s)"] * len(ordered)))
+    with connections[using].cursor() as cursor:
+        cursor.execute(query, parameters)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def unclaim(consumer: str, message_id: str, *, using: str) -> None:
+    """Remove the record ``claim_batch`` wrote for ``message_id`` in the current transaction
+    (its handler failed and was rolled back to its savepoint), so that its retry runs."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(UNCLAIM_QUERY, [consumer, message_id])
 
 
 def idempotent(

@@ -1,10 +1,11 @@
-"""The consume loop behind ``manage.py outbox_consume``: one consumer, one queue, one message
-at a time, acknowledged only after its transaction committed.
+"""The consume loop behind ``manage.py outbox_consume``: one consumer, one queue, a batch of the
+deliveries already waiting at a time, processed in one transaction and acknowledged only after
+it committed.
 
 Threads: the main thread owns the pika ``BlockingConnection`` (pika is not thread-safe) and
-keeps reading the socket, so heartbeats are answered however long a handler runs. Handlers
+keeps reading the socket, so heartbeats are answered however long a handler runs. Batches
 run one at a time on a single worker thread, which keeps its own database connection; it
-wakes the main thread with ``add_callback_threadsafe`` when a message is done.
+wakes the main thread with ``add_callback_threadsafe`` when a batch is done.
 
 ``ConsumerLoop`` reconnects; each connection is one ``_Session``, which reads deliveries,
 hands them to the worker and settles their outcomes (ack, retry queue or dead-letter queue).
@@ -18,6 +19,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from traceback import format_exception
 
@@ -30,12 +32,20 @@ from pika.spec import Basic, BasicProperties
 from outbox.broker import connection_parameters
 from outbox.consumer import dead_letters
 from outbox.consumer.fields import install_tolerant_decoding
-from outbox.consumer.processing import MAX_ERROR_CHARS, Delivery, Outcome, decode, process
+from outbox.consumer.processing import (
+    MAX_ERROR_CHARS,
+    Delivery,
+    Outcome,
+    decode,
+    process,
+    process_batch,
+)
 from outbox.consumer.registry import ConsumerSpec, IncomingMessage, load_handlers, registry
 from outbox.consumer.republish import dead_letter_headers, republish, retry_headers
 from outbox.consumer.settings import ConsumerSettings
 from outbox.consumer.topology import declare_topology, topology_for
 from outbox.exceptions import ConsumerSetupError
+from outbox.operations import metrics
 
 logger = logging.getLogger("outbox.consumer")
 
@@ -60,11 +70,14 @@ REASON_UNEXPECTED = "unexpected error in the consumer"
 class ConsumerLoop:
     """Consume the queue of one consumer until stopped.
 
-    ``stop()`` (which the command calls on SIGTERM / SIGINT) lets the message in hand finish
+    Up to ``batch_size`` (``OUTBOX["CONSUMER_BATCH_SIZE"]``) deliveries that are already
+    waiting are processed in one transaction (``processing.process_batch``) and acknowledged
+    after its commit; the loop never waits for a batch to fill.
+    ``stop()`` (which the command calls on SIGTERM / SIGINT) lets the batch in hand finish
     and be acknowledged; messages prefetched but not started go back to the queue. With
     ``max_messages`` the loop ends after settling that many; with ``until_idle`` once nothing
     has arrived for that many seconds. A lost connection is re-opened with a growing delay,
-    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``; so is a message held while its
+    capped by ``OUTBOX["RECONNECT_BACKOFF_MAX_SECONDS"]``; so is a batch held while its
     database is unreachable (``processing.is_database_outage``), which uses no attempt.
     No message content stops the loop: what cannot be decoded, routed or copied is
     dead-lettered on its own.
@@ -76,6 +89,7 @@ class ConsumerLoop:
         *,
         exchange: str | None = None,
         prefetch: int | None = None,
+        batch_size: int | None = None,
         max_messages: int | None = None,
         until_idle: float | None = None,
     ) -> None:
@@ -83,6 +97,7 @@ class ConsumerLoop:
         self.settings = ConsumerSettings.from_conf()
         self.topology = topology_for(spec, exchange=exchange, settings=self.settings)
         self.prefetch = prefetch or self.settings.prefetch
+        self.batch_size = batch_size or self.settings.batch_size
         self.max_attempts = self.settings.max_attempts
         self.max_messages = max_messages
         self.until_idle = until_idle
@@ -125,9 +140,37 @@ class ConsumerLoop:
             self._worker.shutdown()
         return self.settled
 
+    def process_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        """Run on the worker thread for each batch of well-formed messages (distinct ids);
+        see ``processing.process_batch``."""
+        return process_batch(self.spec, messages)
+
     def process_message(self, message: IncomingMessage) -> Outcome:
-        """Run on the worker thread for each well-formed message; see ``process``."""
+        """Run on the worker thread for one message alone (after ``process_batch`` raised,
+        which it should never do); see ``processing.process``."""
         return process(self.spec, message)
+
+    def run_batch(self, messages: Sequence[IncomingMessage]) -> list[Outcome]:
+        """``process_batch``, with the last-resort guard: if it raises, each message is
+        processed alone, and one whose processing raises too is dead-lettered by itself."""
+        try:
+            outcomes = self.process_batch(messages)
+            if len(outcomes) != len(messages):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(messages)} messages")
+            return outcomes
+        except Exception:
+            logger.exception(
+                "%s: unexpected error processing a batch; processing its %d messages one by one",
+                self.spec.name,
+                len(messages),
+            )
+        alone: list[Outcome] = []
+        for message in messages:
+            try:
+                alone.append(self.process_message(message))
+            except Exception as error:
+                alone.append(_unexpected(self, message.message_id, error, "processing"))
+        return alone
 
     def finished(self) -> bool:
         """Whether the loop should stop: asked to, idle, or ``max_messages`` settled."""
@@ -135,9 +178,15 @@ class ConsumerLoop:
             return True
         return self.max_messages is not None and self.settled >= self.max_messages
 
-    def submit(self, message: IncomingMessage) -> Future[Outcome]:
-        """Start ``message`` on the worker thread."""
-        return self._worker.submit(self.process_message, message)
+    def submit(self, messages: Sequence[IncomingMessage]) -> Future[list[Outcome]]:
+        """Start the batch ``messages`` on the worker thread."""
+        return self._worker.submit(self.run_batch, messages)
+
+    def batch_limit(self) -> int:
+        """The largest batch to start now: ``batch_size``, or what is left of ``max_messages``."""
+        if self.max_messages is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.max_messages - self.settled))
 
     def outage_backoff(self) -> float:
         """The wait before trying a held message again after one more database outage error:
@@ -151,46 +200,72 @@ class ConsumerLoop:
         """Nothing arrived for ``until_idle`` seconds: end the loop."""
         self._went_idle = True
 
-    def settle(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> None:
-        """Acknowledge ``delivery``, after sending a failed or malformed one to its retry or
-        dead-letter queue (confirmed first, so it is never lost between the two).
+    def settle(self, channel: BlockingChannel, settled: Sequence[tuple[Delivery, Outcome]]) -> None:
+        """Settle deliveries whose transaction has committed (or that ran nothing): send each
+        failed or malformed one to its retry or dead-letter queue (confirmed first, so it is
+        never lost between the two), then acknowledge the rest with one ``multiple=True``.
 
-        If the copy cannot be sent for any reason but the connection, the original is rejected
-        without requeue, which the broker routes to the same dead-letter queue (with its own
-        ``x-death`` header instead of the consumer's): never acknowledged and lost.
+        That one ack is exact because every delivery of the channel with a lower tag is
+        settled already: batches are taken, and settled, whole and in delivery order, and the
+        deliveries behind them have higher tags. If a copy cannot be sent for any reason but
+        the connection, its original is rejected without requeue, which the broker routes to
+        the same dead-letter queue (with its own ``x-death`` header instead of the
+        consumer's): never acknowledged and lost.
         """
         self._outages = 0
-        try:
-            self._send_copy(channel, delivery, outcome)
-        except _CONNECTION_ERRORS:
-            raise
-        except Exception:
-            logger.exception(
-                "%s: could not send message %s (%s) to its retry or dead-letter queue;"
-                " rejecting it into %s",
-                self.spec.name,
-                delivery.properties.message_id,
-                outcome.reason or outcome.kind,
-                self.topology.dead_letter_queue,
-            )
-            channel.basic_reject(delivery.tag, requeue=False)
-        else:
-            channel.basic_ack(delivery.tag)
-        self.settled += 1
+        to_ack = [
+            delivery.tag
+            for delivery, outcome in settled
+            if self._send_copy(channel, delivery, outcome)
+        ]
+        if to_ack:
+            channel.basic_ack(max(to_ack), multiple=True)
+        self.settled += len(settled)
+        self._count(settled)
 
-    def _send_copy(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> None:
+    def _count(self, settled: Sequence[tuple[Delivery, Outcome]]) -> None:
+        name = self.spec.name
+        kinds = [outcome.kind for _, outcome in settled]
+        metrics.consumer_processed(name, kinds.count("processed"))
+        metrics.consumer_duplicates(name, kinds.count("duplicate"))
+        metrics.consumer_handler_time(
+            name,
+            [o.handler_seconds for _, o in settled if o.kind in ("processed", "failed")],
+        )
+
+    def _send_copy(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> bool:
+        """Send a failed or malformed ``delivery`` on; whether it is still to be acknowledged
+        (False: it was rejected)."""
         if outcome.kind == "failed" and outcome.attempt < self.max_attempts:
-            queue = self.topology.retry_queue(outcome.attempt)
-            self._republish(channel, queue, delivery, retry_headers(outcome))
-            logger.info(
-                "%s: message %s retried after attempt %d",
-                self.spec.name,
-                delivery.properties.message_id,
-                outcome.attempt,
-            )
-        elif outcome.kind in ("failed", "malformed"):
-            queue = self.topology.dead_letter_queue
-            self._republish(channel, queue, delivery, dead_letter_headers(outcome))
+            return self.retry(channel, delivery, outcome)
+        if outcome.kind in ("failed", "malformed"):
+            return self.dead_letter(channel, delivery, outcome)
+        return True
+
+    def retry(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> bool:
+        """Send a copy of a failed ``delivery`` to the retry queue of its attempt; whether the
+        original is to be acknowledged (False: it was rejected into the dead-letter queue)."""
+        queue = self.topology.retry_queue(outcome.attempt)
+        if not self._republish(channel, queue, delivery, outcome, retry_headers(outcome)):
+            self.dead_lettered(delivery, outcome)
+            return False
+        metrics.consumer_retried(self.spec.name)
+        logger.info(
+            "%s: message %s retried after attempt %d",
+            self.spec.name,
+            delivery.properties.message_id,
+            outcome.attempt,
+        )
+        return True
+
+    def dead_letter(self, channel: BlockingChannel, delivery: Delivery, outcome: Outcome) -> bool:
+        """Send a copy of ``delivery`` (failed its last attempt, or malformed) to the
+        dead-letter queue; whether the original is to be acknowledged (False: it was
+        rejected, which dead-letters it through the broker)."""
+        queue = self.topology.dead_letter_queue
+        copied = self._republish(channel, queue, delivery, outcome, dead_letter_headers(outcome))
+        self.dead_lettered(delivery, outcome)
+        if copied:
             logger.error(
                 "%s: message %s dead-lettered to %s: %s %s",
                 self.spec.name,
@@ -199,12 +274,42 @@ class ConsumerLoop:
                 outcome.reason,
                 outcome.error_message,
             )
+            # Once the broker confirmed the copy: the database record of the dead letter.
             dead_letters.record(self.spec.name, self.topology.queue, delivery, outcome)
+        return copied
+
+    def dead_lettered(self, delivery: Delivery, outcome: Outcome) -> None:
+        """``delivery`` is in the dead-letter queue now (copied there, or rejected into it
+        when the copy failed): the one place every dead letter of this consumer passes, so
+        what records dead letters is called from here. ``outcome`` says why."""
+        metrics.consumer_dead_lettered(self.spec.name)
 
     def _republish(
-        self, channel: BlockingChannel, queue: str, delivery: Delivery, extra: dict[str, object]
-    ) -> None:
-        republish(channel, queue, delivery, consumer=self.spec.name, extra=dict(extra))
+        self,
+        channel: BlockingChannel,
+        queue: str,
+        delivery: Delivery,
+        outcome: Outcome,
+        extra: dict[str, object],
+    ) -> bool:
+        """Copy ``delivery`` to ``queue``; on any failure but the connection, reject the
+        original into the dead-letter queue and return False."""
+        try:
+            republish(channel, queue, delivery, consumer=self.spec.name, extra=dict(extra))
+        except _CONNECTION_ERRORS:
+            raise
+        except Exception:
+            logger.exception(
+                "%s: could not send message %s (%s) to %s; rejecting it into %s",
+                self.spec.name,
+                delivery.properties.message_id,
+                outcome.reason or outcome.kind,
+                queue,
+                self.topology.dead_letter_queue,
+            )
+            channel.basic_reject(delivery.tag, requeue=False)
+            return False
+        return True
 
 
 class _Session:
@@ -215,10 +320,10 @@ class _Session:
         client_name = f"outbox_consume {loop.spec.name} pid {os.getpid()}"
         self.connection = pika.BlockingConnection(connection_parameters(client_name=client_name))
         self.waiting: deque[Delivery] = deque()
-        self.in_flight: tuple[Delivery, IncomingMessage, Future[Outcome]] | None = None
-        # A message whose processing met a database outage, and when to try it again: it
-        # stays unacknowledged in this process, and nothing else starts before it.
-        self.held: tuple[Delivery, IncomingMessage] | None = None
+        self.in_flight: tuple[_Batch, Future[list[Outcome]]] | None = None
+        # A batch whose processing met a database outage, and when to try it again: it stays
+        # unacknowledged in this process, and nothing else starts before it.
+        self.held: _Batch | None = None
         self.resume_at = 0.0
         self.cancelled_by_broker = False
         self.last_activity = time.monotonic()
@@ -281,19 +386,22 @@ class _Session:
         self.cancelled_by_broker = True
 
     def _step(self, channel: BlockingChannel) -> bool:
-        """Settle a finished message, start the next one; True once the session is over."""
+        """Settle a finished batch, start the next one; True once the session is over."""
         loop = self.loop
         while True:
             if self.in_flight is not None:
-                delivery, message, future = self.in_flight
+                batch, future = self.in_flight
                 if not future.done():
                     return False
                 self.in_flight = None
-                outcome = self._outcome(delivery, future)
-                if outcome.kind == "outage":
-                    self._hold(delivery, message, outcome)
+                outcomes = self._outcomes(batch, future)
+                outage = next((o for o in outcomes if o.kind == "outage"), None)
+                if outage is not None:
+                    # Messages of the batch that did commit (processing one at a time) are
+                    # skipped by the inbox on the next try.
+                    self._hold(batch, outage)
                 else:
-                    loop.settle(channel, delivery, outcome)
+                    loop.settle(channel, batch.settled(outcomes))
                 self.last_activity = time.monotonic()
             if loop.finished():
                 return True
@@ -304,53 +412,74 @@ class _Session:
             if self.held is not None:
                 if time.monotonic() < self.resume_at:
                     return False  # an outage is not idleness: until_idle does not count it
-                delivery, message = self.held
-                self.held = None
-                self._submit(delivery, message)
+                batch, self.held = self.held, None
+                self._submit(batch)
                 continue
             if not self.waiting:
                 break
-            self._start(channel, self.waiting.popleft())
+            batch = self._take_batch()
+            if batch.messages:
+                self._submit(batch)
+            else:  # only malformed deliveries: nothing to wait for
+                loop.settle(channel, batch.settled([]))
             self.last_activity = time.monotonic()
         if loop.until_idle is not None and time.monotonic() - self.last_activity >= loop.until_idle:
             loop.went_idle()
             return True
         return False
 
-    def _start(self, channel: BlockingChannel, delivery: Delivery) -> None:
+    def _take_batch(self) -> _Batch:
+        """The deliveries waiting now, up to the batch limit, decoded; a repeated message id
+        ends the batch (the copy is the next batch's, after this one committed)."""
+        batch = _Batch()
+        limit = self.loop.batch_limit()
+        ids: set[str] = set()
+        while self.waiting and len(batch.deliveries) < limit:
+            delivery = self.waiting[0]
+            decoded = self._decode(delivery)
+            if isinstance(decoded, IncomingMessage):
+                if decoded.message_id in ids:
+                    break
+                ids.add(decoded.message_id)
+            self.waiting.popleft()
+            batch.add(delivery, decoded)
+        return batch
+
+    def _decode(self, delivery: Delivery) -> IncomingMessage | Outcome:
         try:
             decoded = decode(self.loop.spec, delivery)
         except Exception as error:
-            self.loop.settle(channel, delivery, _unexpected(self.loop, delivery, error, "decoding"))
-            return
+            return _unexpected(self.loop, delivery.properties.message_id, error, "decoding")
         if isinstance(decoded, str):
-            self.loop.settle(channel, delivery, Outcome("malformed", reason=decoded))
-            return
-        self._submit(delivery, decoded)
+            return Outcome("malformed", reason=decoded)
+        return decoded
 
-    def _submit(self, delivery: Delivery, message: IncomingMessage) -> None:
-        future = self.loop.submit(message)
+    def _submit(self, batch: _Batch) -> None:
+        future = self.loop.submit(batch.messages)
         future.add_done_callback(lambda _done: self._wake())  # the main thread settles it
-        self.in_flight = (delivery, message, future)
+        self.in_flight = (batch, future)
 
-    def _outcome(self, delivery: Delivery, future: Future[Outcome]) -> Outcome:
+    def _outcomes(self, batch: _Batch, future: Future[list[Outcome]]) -> list[Outcome]:
         try:
             return future.result()
-        except Exception as error:  # process() catches the handlers' errors; this is a bug
-            return _unexpected(self.loop, delivery, error, "processing")
+        except Exception as error:  # run_batch catches everything; this is a bug
+            return [
+                _unexpected(self.loop, message.message_id, error, "processing")
+                for message in batch.messages
+            ]
 
-    def _hold(self, delivery: Delivery, message: IncomingMessage, outcome: Outcome) -> None:
+    def _hold(self, batch: _Batch, outcome: Outcome) -> None:
         delay = self.loop.outage_backoff()
         logger.warning(
-            "%s: database unavailable (%s: %s); message %s kept, its attempt not counted,"
+            "%s: database unavailable (%s: %s); %d message(s) kept, no attempt counted,"
             " trying again in %.1fs",
             self.loop.spec.name,
             outcome.error_type,
             outcome.error_message,
-            message.message_id,
+            len(batch.messages),
             delay,
         )
-        self.held = (delivery, message)
+        self.held = batch
         self.resume_at = time.monotonic() + delay
 
     def _wake(self) -> None:
@@ -360,21 +489,43 @@ class _Session:
 
     def _close(self) -> None:
         if self.in_flight is not None:
-            # Never run two handlers at once, not even across a reconnect: wait for this
-            # one. Its delivery tag dies with the channel; the broker redelivers the
-            # message and the inbox skips it if the handler committed.
-            self.in_flight[2].exception()  # waits; an error was the message's, not ours
+            # Never run two batches at once, not even across a reconnect: wait for this
+            # one. Its delivery tags die with the channel; the broker redelivers the
+            # messages and the inbox skips those whose batch committed.
+            self.in_flight[1].exception()  # waits; an error was the message's, not ours
         if self.connection.is_open:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 self.connection.close()
 
 
-def _unexpected(loop: ConsumerLoop, delivery: Delivery, error: Exception, stage: str) -> Outcome:
+class _Batch:
+    """Deliveries taken together, in delivery order: the well-formed ones are processed in one
+    transaction, the malformed ones (already with their outcome) are settled with them."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[Delivery, IncomingMessage | Outcome]] = []
+        self.messages: list[IncomingMessage] = []
+
+    def add(self, delivery: Delivery, decoded: IncomingMessage | Outcome) -> None:
+        self.deliveries.append((delivery, decoded))
+        if isinstance(decoded, IncomingMessage):
+            self.messages.append(decoded)
+
+    def settled(self, outcomes: Sequence[Outcome]) -> list[tuple[Delivery, Outcome]]:
+        """Each delivery with its outcome: ``outcomes`` are those of ``messages``, in order."""
+        remaining = iter(outcomes)
+        return [
+            (delivery, decoded if isinstance(decoded, Outcome) else next(remaining))
+            for delivery, decoded in self.deliveries
+        ]
+
+
+def _unexpected(loop: ConsumerLoop, message_id: object, error: Exception, stage: str) -> Outcome:
     logger.error(
         "%s: unexpected error %s message %s; dead-lettering it",
         loop.spec.name,
         stage,
-        delivery.properties.message_id,
+        message_id,
         exc_info=error,
     )
     return Outcome(
@@ -391,6 +542,7 @@ def consume(
     *,
     exchange: str | None = None,
     prefetch: int | None = None,
+    batch_size: int | None = None,
     max_messages: int | None = None,
     until_idle: float | None = None,
 ) -> int:
@@ -406,6 +558,7 @@ def consume(
         spec,
         exchange=exchange,
         prefetch=prefetch,
+        batch_size=batch_size,
         max_messages=max_messages,
         until_idle=until_idle,
     )

@@ -1,17 +1,21 @@
-"""One delivery's way through a consumer: decode it, then run its handlers in one transaction
-with its inbox record. Runs no AMQP; the loop settles the ``Outcome`` on the channel."""
+"""A delivery's way through a consumer: decode it, then run its handlers with its inbox record,
+a batch of messages in one transaction (``process_batch``) or one message alone (``process``).
+Runs no AMQP; the loop settles each ``Outcome`` on the channel."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from traceback import format_exception
 from typing import Literal
 
+import psycopg
 from django.db import (
     DatabaseError,
     InterfaceError,
@@ -62,6 +66,8 @@ class Outcome:
     error_message: str = ""
     # The failure's Python traceback: kept in the dead-letter record, never sent in headers.
     traceback: str = ""
+    #: Time the handlers ran (processed and failed messages), for the handler-time metric.
+    handler_seconds: float = 0.0
 
 
 def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
@@ -104,6 +110,13 @@ def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
         return f"{wire.HEADER_ATTEMPTS} header is not a count of attempts: {_shown(attempts)}"[
             :MAX_ERROR_CHARS
         ]
+    position = headers.get(wire.HEADER_POSITION)
+    if position is not None and (
+        isinstance(position, bool) or not isinstance(position, int) or position < 0
+    ):
+        return f"{wire.HEADER_POSITION} header is not a position: {_shown(position)}"[
+            :MAX_ERROR_CHARS
+        ]
     timestamp = properties.timestamp
     try:
         sent_at = datetime.fromtimestamp(timestamp, UTC) if timestamp else None
@@ -130,6 +143,7 @@ def decode(spec: ConsumerSpec, delivery: Delivery) -> IncomingMessage | str:
         aggregate_id=_header_text(headers.get(wire.AGGREGATE_ID_HEADER)),
         timestamp=sent_at,
         attempt=attempts + 1,
+        position=None if position is None else int(position),
     )
 
 
@@ -173,6 +187,142 @@ def _header_text(value: object) -> str:
     return str(value)
 
 
+#: How a batch's inbox records are written: ``inbox.claim_batch`` (consumer, (message id,
+#: event type) pairs, database alias) -> the ids recorded now.
+BatchClaim = Callable[[str, Sequence[tuple[str, str]], str], set[str]]
+
+
+def _claim_batch(consumer: str, messages: Sequence[tuple[str, str]], alias: str) -> set[str]:
+    return inbox.claim_batch(consumer, messages, using=alias)
+
+
+def process_batch(
+    spec: ConsumerSpec, messages: Sequence[IncomingMessage], *, claim: BatchClaim = _claim_batch
+) -> list[Outcome]:
+    """Run the handlers of ``messages`` (distinct message ids) in one transaction and return
+    their outcomes in order.
+
+    The inbox records of the whole batch are written first, in one statement; a message
+    already recorded is a duplicate and runs nothing. The handlers then run one message after
+    the other. If one raises, the transaction is rolled back and run again with a savepoint
+    per message, without the message that failed (its outcome is "failed"): a handler that
+    raises in that run rolls back only its savepoint and its inbox record. So the commit holds
+    the effects and records of exactly the messages whose handlers succeeded.
+
+    Never raises: a database outage makes every outcome "outage" (nothing was committed), and
+    any other failure of the transaction as a whole (a savepoint that cannot be rolled back, a
+    commit refused) processes the messages again one at a time with ``process``, so that only
+    the message at fault fails. ``claim`` is for measuring the inbox's cost
+    (``bench/consumer.py``).
+    """
+    if len({message.message_id for message in messages}) != len(messages):
+        raise ValueError("a batch holds each message id once")
+    alias = router.db_for_write(InboxMessage)
+    failed: dict[str, Outcome] = {}
+    try:
+        try:
+            return _batch_transaction(spec, messages, alias, claim, failed=None)
+        except _HandlerFailedError as failure:
+            # Rolled back; judged only now, since an aborted transaction fails every query.
+            if is_database_outage(failure.error, alias):
+                raise failure.error from None
+            failed[failure.message.message_id] = _failed(
+                spec, failure.message, failure.error, failure.elapsed
+            )
+        return _batch_transaction(spec, messages, alias, claim, failed=failed)
+    except Exception as error:
+        if is_database_outage(error, alias):
+            outage = _outage(error, alias)
+            return [dataclasses.replace(outage, attempt=m.attempt) for m in messages]
+        logger.warning(
+            "%s: a batch of %d messages failed as a whole; processing them one at a time",
+            spec.name,
+            len(messages),
+            exc_info=True,
+        )
+        drop_broken_database_connections()
+        return [failed.get(message.message_id) or process(spec, message) for message in messages]
+
+
+class _HandlerFailedError(Exception):
+    """A handler raised in a batch run without savepoints; the batch's transaction ends."""
+
+    def __init__(self, message: IncomingMessage, error: Exception, elapsed: float) -> None:
+        super().__init__(message.message_id)
+        self.message = message
+        self.error = error
+        self.elapsed = elapsed
+
+
+def _batch_transaction(
+    spec: ConsumerSpec,
+    messages: Sequence[IncomingMessage],
+    alias: str,
+    claim: BatchClaim,
+    *,
+    failed: dict[str, Outcome] | None,
+) -> list[Outcome]:
+    """One transaction over ``messages``. ``failed`` None: no savepoints, and the first handler
+    that raises ends it with ``_HandlerFailedError``. Otherwise one savepoint per message, and
+    the messages in ``failed`` keep that outcome without running again."""
+    skipped = failed or {}
+    with transaction.atomic(using=alias):
+        to_run = [m for m in messages if m.message_id not in skipped]
+        fresh = claim(spec.name, [(m.message_id, m.event_type) for m in to_run], alias)
+        outcomes: list[Outcome] = []
+        for message in messages:
+            if message.message_id in skipped:
+                outcomes.append(skipped[message.message_id])
+            elif message.message_id not in fresh:
+                outcomes.append(Outcome("duplicate", message.attempt))
+            elif failed is None:
+                outcomes.append(_run_unguarded(spec, message, alias))
+            else:
+                outcomes.append(_run_in_savepoint(spec, message, alias))
+    return outcomes
+
+
+def _run_unguarded(spec: ConsumerSpec, message: IncomingMessage, alias: str) -> Outcome:
+    """Run ``message``'s handlers with no savepoint of their own: the fast path, which costs
+    no round trip beyond the handlers' own queries."""
+    started = time.perf_counter()
+    try:
+        with _handler_span(spec, message):
+            _run_handlers(spec, message)
+        _check_not_aborted(alias)
+    except Exception as error:
+        raise _HandlerFailedError(message, error, time.perf_counter() - started) from error
+    return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
+
+
+def _run_in_savepoint(spec: ConsumerSpec, message: IncomingMessage, alias: str) -> Outcome:
+    """Run ``message``'s handlers in a savepoint of the batch's transaction; a failure rolls
+    back the savepoint and the message's inbox record. A savepoint that cannot be set or
+    rolled back (the transaction or the connection is broken) propagates: it ends the batch.
+
+    The savepoint of a message that succeeded is not released: the commit ends it with the
+    others, and a ``RELEASE`` would cost a round trip per message while freeing nothing (the
+    server keeps the subtransaction's id until the commit either way). Django's savepoint
+    functions are used so that ``on_commit`` callbacks of a rolled-back message are dropped.
+    """
+    started = time.perf_counter()
+    savepoint = transaction.savepoint(using=alias)
+    try:
+        with _handler_span(spec, message):
+            _run_handlers(spec, message)
+        _check_not_aborted(alias)
+    except Exception as error:
+        elapsed = time.perf_counter() - started
+        transaction.savepoint_rollback(savepoint, using=alias)
+        # Rolled back to before the error: the transaction is usable again, whatever an
+        # atomic block inside the handler marked, and the connection answered, so this is
+        # the message's failure, not an outage.
+        transaction.set_rollback(False, using=alias)
+        inbox.unclaim(spec.name, message.message_id, using=alias)
+        return _failed(spec, message, error, elapsed)
+    return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
+
+
 def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
     """Run ``message``'s handlers once, in one transaction with its inbox record.
 
@@ -181,47 +331,87 @@ def process(spec: ConsumerSpec, message: IncomingMessage) -> Outcome:
     ``is_database_outage``), which costs the message no attempt.
     """
     alias = router.db_for_write(InboxMessage)
+    started = time.perf_counter()
     try:
-        # The span (a no-op without OpenTelemetry) continues the producer's trace, so spans and
-        # outbox messages of the handler join it too.
-        with (
-            tracing.continue_trace(message.headers, name=f"{spec.name} {message.event_type}"),
-            transaction.atomic(using=alias),
-        ):
+        with _handler_span(spec, message), transaction.atomic(using=alias):
             if not inbox.claim(spec.name, message.message_id, event_type=message.event_type):
                 return Outcome("duplicate", message.attempt)
-            for func in spec.handlers_for(message.event_type):
-                func(message)
+            started = time.perf_counter()
+            _run_handlers(spec, message)
+            _check_not_aborted(alias)
     except Exception as error:
-        error_type = f"{type(error).__module__}.{type(error).__qualname__}"
+        elapsed = time.perf_counter() - started
         if is_database_outage(error, alias):
-            # Django reconnects on the next query once the broken connection is closed.
-            with contextlib.suppress(DatabaseError):
-                connections[alias].close()
-            return Outcome(
-                "outage",
-                message.attempt,
-                error_type=error_type,
-                error_message=str(error)[:MAX_ERROR_CHARS],
-            )
-        logger.warning(
-            "%s: handler failed on %s %s (attempt %d)",
-            spec.name,
-            message.event_type,
-            message.message_id,
-            message.attempt,
-            exc_info=True,
-        )
+            return dataclasses.replace(_outage(error, alias), attempt=message.attempt)
         drop_broken_database_connections()
-        return Outcome(
-            "failed",
-            message.attempt,
-            reason=REASON_HANDLER_FAILED,
-            error_type=error_type,
-            error_message=str(error)[:MAX_ERROR_CHARS],
-            traceback="".join(format_exception(error)),
+        return _failed(spec, message, error, elapsed)
+    return Outcome("processed", message.attempt, handler_seconds=time.perf_counter() - started)
+
+
+class TransactionAbortedError(Exception):
+    """A handler caught a database error and returned: PostgreSQL has aborted the transaction,
+    which can now only roll back. Its COMMIT would roll back without an error, and the
+    message (and with it every message of its batch) would be acknowledged unprocessed."""
+
+
+def _check_not_aborted(alias: str) -> None:
+    """Raise ``TransactionAbortedError`` if the connection's transaction is aborted (known on
+    the client, no round trip)."""
+    raw = connections[alias].connection
+    status = getattr(getattr(raw, "info", None), "transaction_status", None)
+    if status == psycopg.pq.TransactionStatus.INERROR:
+        raise TransactionAbortedError(
+            "a handler caught a database error and went on, leaving the transaction aborted;"
+            " put the statement that may fail in its own transaction.atomic() block"
         )
-    return Outcome("processed", message.attempt)
+
+
+def _handler_span(
+    spec: ConsumerSpec, message: IncomingMessage
+) -> contextlib.AbstractContextManager[object]:
+    # The span (a no-op without OpenTelemetry) continues the producer's trace, so spans and
+    # outbox messages of the handler join it too.
+    return tracing.continue_trace(message.headers, name=f"{spec.name} {message.event_type}")
+
+
+def _run_handlers(spec: ConsumerSpec, message: IncomingMessage) -> None:
+    for func in spec.handlers_for(message.event_type):
+        func(message)
+
+
+def _failed(
+    spec: ConsumerSpec, message: IncomingMessage, error: Exception, elapsed: float
+) -> Outcome:
+    logger.warning(
+        "%s: handler failed on %s %s (attempt %d)",
+        spec.name,
+        message.event_type,
+        message.message_id,
+        message.attempt,
+        exc_info=error,
+    )
+    return Outcome(
+        "failed",
+        message.attempt,
+        reason=REASON_HANDLER_FAILED,
+        error_type=_error_type(error),
+        error_message=str(error)[:MAX_ERROR_CHARS],
+        traceback="".join(format_exception(error)),
+        handler_seconds=elapsed,
+    )
+
+
+def _outage(error: Exception, alias: str) -> Outcome:
+    # Django reconnects on the next query once the broken connection is closed.
+    with contextlib.suppress(DatabaseError):
+        connections[alias].close()
+    return Outcome(
+        "outage", error_type=_error_type(error), error_message=str(error)[:MAX_ERROR_CHARS]
+    )
+
+
+def _error_type(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__qualname__}"
 
 
 def is_database_outage(error: BaseException, alias: str) -> bool:

@@ -23,6 +23,7 @@ from outbox.wire import SHORT_STRING_BYTES, topic_matches
 
 _CONSUMER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _PATTERN_WORD = re.compile(r"^(\*|#|[^\s.*#]+)$")
+_MATCH_CACHE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class IncomingMessage:
 
     ``attempt`` counts handler runs of this message by this consumer, 1 on the first.
     ``routing_key`` is the key the producer published with, also after retries.
+    ``position`` is the message's place in its aggregate's commit order (header
+    ``x-outbox-position``): a later commit of the same ``aggregate_type`` and ``aggregate_id``
+    has a greater one. The numbers grow but have gaps, so compare them, do not count on them.
+    None for a message without an aggregate, or from a producer other than the outbox relay.
     """
 
     consumer: str
@@ -43,6 +48,7 @@ class IncomingMessage:
     aggregate_id: str = ""
     timestamp: datetime | None = None
     attempt: int = 1
+    position: int | None = None
 
 
 IntegrationHandler = Callable[[IncomingMessage], object]
@@ -61,6 +67,10 @@ class ConsumerSpec:
 
     name: str
     registrations: tuple[Registration, ...]
+    # Matching every pattern for every message would cost more than a handler's INSERT.
+    _matches: dict[str, tuple[IntegrationHandler, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def binding_keys(self) -> tuple[str, ...]:
@@ -68,7 +78,14 @@ class ConsumerSpec:
 
     def handlers_for(self, event_type: str) -> tuple[IntegrationHandler, ...]:
         """The handlers whose pattern matches ``event_type``; empty for an unknown type."""
-        return tuple(r.func for r in self.registrations if topic_matches(r.pattern, event_type))
+        handlers = self._matches.get(event_type)
+        if handlers is None:
+            handlers = tuple(
+                r.func for r in self.registrations if topic_matches(r.pattern, event_type)
+            )
+            if len(self._matches) < _MATCH_CACHE_SIZE:  # event types are few; senders are not
+                self._matches[event_type] = handlers
+        return handlers
 
 
 class ConsumerRegistry:

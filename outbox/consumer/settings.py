@@ -13,6 +13,7 @@ class ConsumerSettings:
 
     exchange: str
     prefetch: int
+    batch_size: int
     max_attempts: int
     retry_delay: float
     retry_backoff: float
@@ -26,6 +27,7 @@ class ConsumerSettings:
         return cls(
             exchange=conf.get_str("EXCHANGE"),
             prefetch=conf.get_int("CONSUMER_PREFETCH"),
+            batch_size=conf.get_int("CONSUMER_BATCH_SIZE"),
             max_attempts=conf.get_int("CONSUMER_MAX_ATTEMPTS"),
             retry_delay=conf.get_float("CONSUMER_RETRY_DELAY"),
             retry_backoff=conf.get_float("CONSUMER_RETRY_BACKOFF"),

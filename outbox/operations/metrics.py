@@ -1,8 +1,8 @@
-"""Counters and timings the relay reports (consumers report none yet).
+"""Counters and timings the relay and the consumers report.
 
-The relay calls these functions at the points they describe; where metrics are
-collected is decided here only. With ``prometheus_client`` installed (the ``prometheus``
-extra) they feed these series in its default registry:
+The relay and the consume loop call these functions at the points they describe; where
+metrics are collected is decided here only. With ``prometheus_client`` installed (the
+``prometheus`` extra) they feed these series in its default registry:
 
 - ``outbox_messages_published_total``, ``outbox_messages_retried_total``,
   ``outbox_messages_failed_total`` (counters)
@@ -10,13 +10,17 @@ extra) they feed these series in its default registry:
 - ``outbox_ready_messages``, ``outbox_failed_messages`` and
   ``outbox_oldest_ready_age_seconds`` (gauges read from the database at scrape time by a
   collector; see ``register_backlog_collector``)
+- consumers, labelled ``consumer``: ``outbox_consumer_messages_processed_total``,
+  ``outbox_consumer_duplicates_skipped_total``, ``outbox_consumer_messages_retried_total``,
+  ``outbox_consumer_messages_dead_lettered_total`` (counters) and
+  ``outbox_consumer_handler_seconds`` (histogram: one message's handlers, committed or not)
 
 Without it every function is a no-op.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -33,6 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROMETHEUS_AVAILABLE",
+    "consumer_dead_lettered",
+    "consumer_duplicates",
+    "consumer_handler_time",
+    "consumer_processed",
+    "consumer_retried",
     "messages_failed",
     "messages_published",
     "messages_retried",
@@ -127,3 +136,84 @@ if prometheus_client is not None:
                 failed.add_metric([], backlog.failed)
                 age.add_metric([], backlog.oldest_ready_age_seconds or 0.0)
             return [ready, failed, age]
+
+
+# --- consumers ---
+# From a one-row INSERT (a fraction of a millisecond) to a handler calling a slow service.
+HANDLER_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+
+if prometheus_client is not None:
+    _CONSUMER_PROCESSED = prometheus_client.Counter(
+        "outbox_consumer_messages_processed",
+        "Messages whose handlers committed with their inbox record",
+        ["consumer"],
+    )
+    _CONSUMER_DUPLICATES = prometheus_client.Counter(
+        "outbox_consumer_duplicates_skipped",
+        "Deliveries skipped because the inbox already recorded their message id",
+        ["consumer"],
+    )
+    _CONSUMER_RETRIED = prometheus_client.Counter(
+        "outbox_consumer_messages_retried",
+        "Failed messages sent to a retry queue for another attempt",
+        ["consumer"],
+    )
+    _CONSUMER_DEAD_LETTERED = prometheus_client.Counter(
+        "outbox_consumer_messages_dead_lettered",
+        "Messages sent to the dead-letter queue (failed their last attempt, or malformed)",
+        ["consumer"],
+    )
+    _CONSUMER_HANDLER_TIME = prometheus_client.Histogram(
+        "outbox_consumer_handler_seconds",
+        "Seconds one message's handlers ran, whether they committed or failed",
+        ["consumer"],
+        buckets=HANDLER_BUCKETS,
+    )
+
+
+def consumer_processed(consumer: str, count: int) -> None:
+    """``count`` messages of ``consumer`` committed and were acknowledged."""
+    if prometheus_client is not None and count:
+        _CONSUMER_PROCESSED.labels(consumer).inc(count)
+
+
+def consumer_duplicates(consumer: str, count: int) -> None:
+    """``count`` deliveries of ``consumer`` were already in its inbox and were skipped."""
+    if prometheus_client is not None and count:
+        _CONSUMER_DUPLICATES.labels(consumer).inc(count)
+
+
+def consumer_retried(consumer: str) -> None:
+    """A failed message of ``consumer`` went to a retry queue."""
+    if prometheus_client is not None:
+        _CONSUMER_RETRIED.labels(consumer).inc()
+
+
+def consumer_dead_lettered(consumer: str) -> None:
+    """A message of ``consumer`` went to its dead-letter queue."""
+    if prometheus_client is not None:
+        _CONSUMER_DEAD_LETTERED.labels(consumer).inc()
+
+
+def consumer_handler_time(consumer: str, seconds: Sequence[float]) -> None:
+    """The handlers of ``consumer`` ran for each of ``seconds`` (one value per message)."""
+    if prometheus_client is not None and seconds:
+        histogram = _CONSUMER_HANDLER_TIME.labels(consumer)
+        for value in seconds:
+            histogram.observe(value)

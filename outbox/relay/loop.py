@@ -37,7 +37,7 @@ from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from outbox import conf
+from outbox import conf, wire
 from outbox.broker import broker_address
 from outbox.common.database import is_postgresql, outbox_alias
 from outbox.common.words import count
@@ -773,10 +773,9 @@ def _add(total: BatchResult, more: BatchResult) -> BatchResult:
 
 
 def _outgoing(message: ClaimedMessage) -> OutgoingMessage:
-    headers = dict(message.headers)
-    if message.aggregate_type:
-        headers["aggregate_type"] = message.aggregate_type
-        headers["aggregate_id"] = message.aggregate_id
+    headers = wire.message_headers(
+        message.headers, message.aggregate_type, message.aggregate_id, message.position
+    )
     return OutgoingMessage(
         key=message.id,
         message_id=str(message.message_id),

@@ -83,7 +83,8 @@ class ORMStore:
                 payload_json=encode(row.payload),
                 headers=dict(row.headers),
                 created_at=row.created_at,
-                position=row.position,
+                # No trigger assigns positions here; id order is commit order.
+                position=row.id,
                 attempts=row.attempts,
             )
             for row in leased

@@ -113,6 +113,16 @@ class ConsumerBroker:
 
     def start_consumer(self, *arguments: str) -> subprocess.Popen[str]:
         """``manage.py outbox_consume recorder`` in a new process, on the test database."""
+        return self.start_process(
+            "manage.py",
+            "outbox_consume",
+            handlers.RECORDER,
+            "--settings=tests.consumer.settings",
+            *arguments,
+        )
+
+    def start_process(self, *arguments: str) -> subprocess.Popen[str]:
+        """``python <arguments>`` in a new process, on the test database and exchange."""
         environment = {
             **os.environ,
             "OUTBOX_DB_NAME": str(connection.settings_dict["NAME"]),
@@ -120,14 +130,7 @@ class ConsumerBroker:
             "PYTHONUNBUFFERED": "1",
         }
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "outbox_consume",
-                handlers.RECORDER,
-                "--settings=tests.consumer.settings",
-                *arguments,
-            ],
+            [sys.executable, *arguments],
             cwd=REPOSITORY,
             env=environment,
             stdout=subprocess.PIPE,

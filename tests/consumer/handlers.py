@@ -7,7 +7,7 @@ often) a run's transaction committed.
 import time
 from pathlib import Path
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from outbox import IncomingMessage, integration_handler, publish
 from tests.testapp.models import Counter, LogLine
@@ -34,6 +34,19 @@ def record(message: IncomingMessage) -> None:
         # The transaction's own backend ends while the database stays up for everyone else.
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    if payload.get("time_out"):
+        # An OperationalError on a connection that still works: the message's failure.
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = '10ms'")
+            cursor.execute("SELECT pg_sleep(1)")
+    if payload.get("swallow_error"):
+        # A handler that catches a database error without a savepoint of its own: PostgreSQL
+        # aborts the transaction, whose COMMIT would then roll back without an error.
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+        except DatabaseError:
+            pass
     if "sleep" in payload:
         time.sleep(payload["sleep"])
     if "counter" in payload:

@@ -26,6 +26,7 @@ from outbox.models import InboxMessage
 from outbox.wire import (
     HEADER_ATTEMPTS,
     HEADER_ERROR_TYPE,
+    HEADER_POSITION,
     HEADER_REASON,
     HEADER_REWRITTEN,
 )
@@ -124,6 +125,21 @@ POISON_PROPERTIES = [
         {"headers": {HEADER_ATTEMPTS: None}},
         f"{HEADER_ATTEMPTS} header is not a count of attempts: None",
         id="attempts-none",
+    ),
+    pytest.param(
+        {"headers": {HEADER_POSITION: "7"}},
+        f"{HEADER_POSITION} header is not a position: '7'",
+        id="position-string",
+    ),
+    pytest.param(
+        {"headers": {HEADER_POSITION: -1}},
+        f"{HEADER_POSITION} header is not a position: -1",
+        id="position-negative",
+    ),
+    pytest.param(
+        {"headers": {HEADER_POSITION: True}},
+        f"{HEADER_POSITION} header is not a position: True",
+        id="position-bool",
     ),
     pytest.param(
         {"properties": {"message_id": b"\xff\xfe"}},
@@ -333,13 +349,21 @@ def test_an_unexpected_error_while_decoding_dead_letters_that_message_alone(
 def test_an_unexpected_error_while_processing_dead_letters_that_message_alone(
     broker: ConsumerBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    process_batch = ConsumerLoop.process_batch
     process_message = ConsumerLoop.process_message
+
+    def failing_batch(loop: ConsumerLoop, messages: Any) -> Any:
+        if any(message.message_id == "poison" for message in messages):
+            raise MemoryError("a bug outside the handlers, in the batch")
+        return process_batch(loop, messages)
 
     def failing(loop: ConsumerLoop, message: Any) -> Any:
         if message.message_id == "poison":
             raise MemoryError("a bug outside the handlers")
         return process_message(loop, message)
 
+    # The batch fails as a whole, then each message is processed alone: only the poison fails.
+    monkeypatch.setattr(ConsumerLoop, "process_batch", failing_batch)
     monkeypatch.setattr(ConsumerLoop, "process_message", failing)
 
     dead = dead_lettered_then_good_processed(broker, lambda: broker.send(message_id="poison"))

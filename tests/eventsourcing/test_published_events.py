@@ -5,6 +5,7 @@ with the aggregate's headers, and a save that fails leaves no row (docs/event-so
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -111,6 +112,9 @@ def test_stored_events_reach_rabbitmq_with_the_aggregate_headers(exchange: Bound
         {"parcel_id": parcel.id, "signed_by": "ann"},
         {"parcel_id": parcel.id, "signed_by": "bob"},
     ]
+    positions = dict(
+        OutboxMessage.objects.filter(aggregate_id=parcel.id).values_list("message_id", "position")
+    )
     for message, (version, _, event_id, occurred_at) in zip(received, stored, strict=True):
         assert message.properties.headers == {
             "aggregate_type": "tests.parcel",
@@ -119,6 +123,7 @@ def test_stored_events_reach_rabbitmq_with_the_aggregate_headers(exchange: Bound
             "event_id": str(event_id),
             "schema_version": 1,
             "occurred_at": occurred_at.isoformat(),
+            "x-outbox-position": positions[uuid.UUID(str(message.properties.message_id))],
         }
         assert message.properties.content_type == "application/json"
         assert message.properties.delivery_mode == 2

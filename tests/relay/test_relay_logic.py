@@ -169,6 +169,7 @@ def test_the_wire_message_carries_the_row(settings: Any) -> None:
         "traceparent": "00-abc-def-01",
         "aggregate_type": "order",
         "aggregate_id": "7",
+        "x-outbox-position": row.position,
     }
     assert sent.timestamp == int(row.created_at.timestamp())
     import json

@@ -59,6 +59,7 @@ def test_a_committed_row_arrives_in_the_wire_format(exchange: BoundQueue) -> Non
     assert properties.headers == {
         "aggregate_type": "order",
         "aggregate_id": "1",
+        "x-outbox-position": row.position,
         "x-tenant": "a",
         "traceparent": "00-0af7651916cd43dd-b7ad6b7169203331-01",
     }

@@ -44,7 +44,7 @@ _READ_ROWS = """
 import json
 from outbox.models import OutboxMessage
 rows = OutboxMessage.objects.order_by("id").values(
-    "message_id", "event_type", "status", "attempts", "last_error"
+    "id", "message_id", "event_type", "status", "attempts", "last_error"
 )
 print(json.dumps([{**row, "message_id": str(row["message_id"])} for row in rows]))
 """
@@ -129,7 +129,12 @@ def test_relay_once_on_sqlite_publishes_in_key_order(
     assert placed.properties.content_type == "application/json"
     assert placed.properties.delivery_mode == 2
     assert placed.routing_key == "order.placed"
-    assert placed.properties.headers == {"aggregate_type": "order", "aggregate_id": "A"}
+    # No trigger assigns positions on SQLite: the row's id (commit order there) is its position.
+    assert placed.properties.headers == {
+        "aggregate_type": "order",
+        "aggregate_id": "A",
+        "x-outbox-position": rows["order.placed"]["id"],
+    }
     assert json.loads(placed.body) == {"n": 1}
     assert payloads([by_type["stock.changed"]]) == [{"n": 3}]
     assert {name: row["status"] for name, row in rows.items()} == {

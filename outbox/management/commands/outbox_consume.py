@@ -37,6 +37,13 @@ class Command(OutboxCommand):
             help='messages RabbitMQ sends ahead of the acks (default OUTBOX["CONSUMER_PREFETCH"])',
         )
         parser.add_argument(
+            "--batch-size",
+            type=int,
+            metavar="N",
+            help="deliveries already waiting processed in one transaction"
+            ' (default OUTBOX["CONSUMER_BATCH_SIZE"])',
+        )
+        parser.add_argument(
             "--max-messages",
             type=int,
             metavar="N",
@@ -60,7 +67,7 @@ class Command(OutboxCommand):
             spec = registry.get(options["consumer"])
         except UnknownConsumerError as error:
             raise CommandError(str(error)) from error
-        for name in ("prefetch", "max_messages"):
+        for name in ("prefetch", "batch_size", "max_messages"):
             if options[name] is not None and options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
         until_idle = options["until_idle"]
@@ -74,13 +81,14 @@ class Command(OutboxCommand):
             spec,
             exchange=options["exchange"],
             prefetch=options["prefetch"],
+            batch_size=options["batch_size"],
             max_messages=options["max_messages"],
             until_idle=None if until_idle is None else until_idle.total_seconds(),
         )
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
             self.stderr.write(
-                f"{signal.Signals(signum).name}: finishing the current message"
+                f"{signal.Signals(signum).name}: finishing the current batch"
                 " (send it again to stop at once)"
             )
             loop.stop()
