@@ -175,7 +175,7 @@ def test_a_lost_connection_fails_the_batches_still_waiting_for_answers() -> None
             harness = RabbitHarness(publisher, queue.exchange, queue)
             first = publisher.send_batch([message(harness, key) for key in range(1, 101)])
             # Too many for all of its confirms to be back before the socket dies.
-            second = publisher.send_batch([message(harness, key) for key in range(101, 3001)])
+            second = publisher.send_batch([message(harness, key) for key in range(101, 20001)])
             connection = publisher.connection
             assert connection is not None
             # The socket dies under both batches, as when the broker goes away.
@@ -185,7 +185,7 @@ def test_a_lost_connection_fails_the_batches_still_waiting_for_answers() -> None
         finally:
             publisher.close()
     assert outcomes[1].broker_error
-    for outcome, keys in zip(outcomes, (range(1, 101), range(101, 3001)), strict=True):
+    for outcome, keys in zip(outcomes, (range(1, 101), range(101, 20001)), strict=True):
         # Answered before the loss, or reported unanswered: never both, never neither.
         assert sorted(outcome.confirmed + outcome.unanswered) == list(keys)
         assert outcome.unroutable == {}
