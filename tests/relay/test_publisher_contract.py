@@ -184,7 +184,9 @@ def test_a_lost_connection_fails_the_batches_still_waiting_for_answers() -> None
             outcomes = [publisher.collect(sent, confirm_timeout=5) for sent in (first, second)]
         finally:
             publisher.close()
-    assert outcomes[1].broker_error
+    # How many confirms beat the socket's death depends on the machine's speed (on a quiet
+    # machine all of them can): the promise checked below is that whatever was not answered
+    # is reported with the broker error, never lost or counted twice.
     for outcome, keys in zip(outcomes, (range(1, 101), range(101, 20001)), strict=True):
         # Answered before the loss, or reported unanswered: never both, never neither.
         assert sorted(outcome.confirmed + outcome.unanswered) == list(keys)
