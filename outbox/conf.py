@@ -106,6 +106,36 @@ SETTINGS: dict[str, Setting] = {
         "publish_outbox task: stop claiming new batches after this long",
         minimum=0.1,
     ),
+    # --- WAL relay (log tailing with Debezium) ---
+    "RELAY_SOURCE": Setting(
+        "polling",
+        str,
+        'where outbox_relay finds committed rows: "polling" (claims on the table) or "wal"'
+        " (Debezium reads PostgreSQL's write-ahead log; needs the wal extra and Java 17)",
+        choices=("polling", "wal"),
+    ),
+    "WAL_SLOT_NAME": Setting(
+        "outbox_relay",
+        str,
+        "logical replication slot the WAL relay reads (one WAL relay runs per slot)",
+    ),
+    "WAL_PUBLICATION_NAME": Setting(
+        "outbox_relay",
+        str,
+        "PostgreSQL publication of the outbox table's inserts that the WAL relay reads",
+    ),
+    "WAL_MAX_LAG_BYTES": Setting(
+        1024**3,
+        int,
+        "outbox_status reports the WAL slot unhealthy past this much unread WAL, in bytes",
+        minimum=1,
+    ),
+    "WAL_MAX_LAG_SECONDS": Setting(
+        300.0,
+        (int, float),
+        "outbox_status reports the WAL slot unhealthy when its oldest unread commit is older",
+        minimum=1,
+    ),
     # --- local jobs (durable after-commit handlers) ---
     "JOB_MAX_ATTEMPTS": Setting(
         10, int, "runs of a local job before it is marked failed (1: no retry)", minimum=1
