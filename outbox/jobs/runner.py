@@ -76,7 +76,7 @@ def run_due_jobs(
         raise ValueError(f"time_budget must not be negative, got {time_budget!r}")
     alias = using or router.db_for_write(OutboxJob)
     owner = runner_name()
-    retry = store.RetryPolicy.from_settings()
+    retry = store.RetryPolicy.from_settings("JOB_")
     lease = conf.get_float("JOB_LEASE_SECONDS")
     limit = batch_size if batch_size is not None else conf.get_int("JOB_BATCH_SIZE")
     deadline = None if time_budget is None else time.monotonic() + time_budget

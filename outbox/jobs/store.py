@@ -6,7 +6,6 @@ single runner is supported (as for the relay).
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Concat, Now
 
-from outbox import conf
+from outbox.common.retry import RetryPolicy
 from outbox.models import OutboxJob
 
 __all__ = ["ClaimedJob", "RetryPolicy", "claim", "record_failure"]
@@ -46,32 +45,6 @@ class ClaimedJob:
     key: str
     payload: dict[str, Any]
     attempts: int
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How failed runs are retried: capped exponential backoff with jitter, then failed."""
-
-    max_attempts: int
-    backoff_seconds: float
-    backoff_max_seconds: float
-
-    @classmethod
-    def from_settings(cls) -> RetryPolicy:
-        """The ``JOB_MAX_ATTEMPTS`` and ``JOB_RETRY_BACKOFF_(MAX_)SECONDS`` settings."""
-        return cls(
-            max_attempts=conf.get_int("JOB_MAX_ATTEMPTS"),
-            backoff_seconds=conf.get_float("JOB_RETRY_BACKOFF_SECONDS"),
-            backoff_max_seconds=conf.get_float("JOB_RETRY_BACKOFF_MAX_SECONDS"),
-        )
-
-    def delay_after(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failed run: ``backoff * 2**(attempts-1)``,
-        capped, then "equal jitter" (between half and all of it), so jobs that failed together
-        (a payment API down) do not all come back in the same second."""
-        doubled: float = self.backoff_seconds * 2.0 ** min(attempts - 1, 32)
-        delay = min(doubled, self.backoff_max_seconds)
-        return delay / 2 + random.random() * delay / 2
 
 
 def claimable(using: str) -> QuerySet[OutboxJob]:

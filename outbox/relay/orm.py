@@ -10,7 +10,6 @@ writes second can fail to upgrade its lock while the application is writing.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -170,9 +169,7 @@ class ORMStore:
                 status = (
                     _READY if attempts + 1 < policy.max_attempts else OutboxMessage.Status.FAILED
                 )
-                # Capped exponential backoff with "equal jitter", as in the SQL.
-                ceiling = min(policy.backoff_max_seconds, policy.backoff_seconds * 2**attempts)
-                delay = ceiling * (0.5 + random.random() / 2)
+                delay = policy.delay_after(attempts + 1)
                 updated = rows.filter(
                     id=key, status=_READY, lease_owner=owner, attempts=attempts
                 ).update(

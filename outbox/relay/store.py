@@ -20,6 +20,7 @@ from django.db import transaction
 
 from outbox import conf
 from outbox.common.database import is_postgresql, outbox_alias
+from outbox.common.retry import RetryPolicy
 from outbox.exceptions import RelayError
 
 __all__ = [
@@ -57,24 +58,6 @@ class RetryResult:
 
     retried: list[int]
     failed: list[int]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How refused rows are retried: capped exponential backoff with jitter, then failed."""
-
-    max_attempts: int
-    backoff_seconds: float
-    backoff_max_seconds: float
-
-    @classmethod
-    def from_settings(cls) -> RetryPolicy:
-        """``MAX_ATTEMPTS``, ``RETRY_BACKOFF_SECONDS`` and ``RETRY_BACKOFF_MAX_SECONDS``."""
-        return cls(
-            max_attempts=conf.get_int("MAX_ATTEMPTS"),
-            backoff_seconds=conf.get_float("RETRY_BACKOFF_SECONDS"),
-            backoff_max_seconds=conf.get_float("RETRY_BACKOFF_MAX_SECONDS"),
-        )
 
 
 def max_per_key_setting(given: int | None = None) -> int | None:
