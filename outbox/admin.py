@@ -185,6 +185,8 @@ class OperatorAdmin(ReadOnlyModelAdmin):
 
     change_form_template = "admin/outbox/change_form.html"
     detail_actions: Sequence[tuple[str, str, Collection[str]]] = ()
+    #: What one row is called in the messages after an action (default: the verbose name).
+    noun = ""
 
     def confirmation_columns(self, obj: Any) -> list[Any]:
         """The cells describing ``obj`` on a confirmation page, under ``confirmation_headers``."""
@@ -310,7 +312,7 @@ class OperatorAdmin(ReadOnlyModelAdmin):
             )
 
     def _noun(self) -> str:
-        return "message" if self.model is OutboxMessage else str(self.opts.verbose_name)
+        return self.noun or str(self.opts.verbose_name)
 
 
 class StuckFilter(admin.SimpleListFilter):
@@ -452,6 +454,7 @@ class OutboxMessageAdmin(OperatorAdmin):
     """The outbox: status of every message, the stuck ones, and the actions that fix them."""
 
     change_list_template = "admin/outbox/outboxmessage/change_list.html"
+    noun = "message"
     list_display = [
         "short_message_id",
         "status_badge",

@@ -1,23 +1,21 @@
 """The admin screen of local jobs: what waits, what failed and why, and a retry action
-(permission ``outbox.retry_outboxjob``, recorded in the admin log). Registered by
-``outbox.admin``."""
+(permission ``outbox.retry_outboxjob``, confirmed beyond a page of rows or from a job's page,
+recorded in the admin log). Registered by ``outbox.admin``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
-from django.contrib import admin, messages
-from django.contrib.admin.models import CHANGE, LogEntry
-from django.core.exceptions import PermissionDenied
+from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
-from outbox.admin import LAST_ERROR_LIST_LENGTH, ReadOnlyModelAdmin, pretty_json
+from outbox.admin import LAST_ERROR_LIST_LENGTH, OperatorAdmin, pretty_json
 from outbox.models import OutboxJob
 from outbox.operations import actions
 
@@ -25,7 +23,7 @@ __all__ = ["OutboxJobAdmin"]
 
 
 @admin.register(OutboxJob)
-class OutboxJobAdmin(ReadOnlyModelAdmin):
+class OutboxJobAdmin(OperatorAdmin):
     """Local jobs (durable after-commit handlers) that wait, wait for a retry, or failed.
     Jobs that ran are deleted; their at-most-once records are in the inbox."""
 
@@ -35,6 +33,9 @@ class OutboxJobAdmin(ReadOnlyModelAdmin):
     search_help_text = "A job key (for a durable handler: the event id)."
     ordering = ["-id"]
     actions = ["retry_now"]
+    noun = "job"
+    detail_actions = [("retry_now", "Retry now", (OutboxJob.Status.READY, OutboxJob.Status.FAILED))]
+    confirmation_headers = ["handler", "key", "status", "runs", "age"]
     fields = [
         "kind",
         "name",
@@ -68,29 +69,29 @@ class OutboxJobAdmin(ReadOnlyModelAdmin):
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("outbox.retry_outboxjob")
 
+    def confirmation_columns(self, obj: OutboxJob) -> list[Any]:
+        return [obj.name, obj.key, obj.status, obj.attempts, self.age(obj)]
+
     @admin.action(permissions=["retry"], description="Retry now (failed or waiting jobs)")
-    def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxJob]) -> None:
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxJob]) -> HttpResponse | None:
+        # Like the messages' retry: a page of ticked rows runs at once, more (or a detail
+        # page's button) asks first, since the handlers run again (an e-mail, a payment call).
+        page = self.confirm(
+            request,
+            queryset,
+            action="retry_now",
+            question="Retry these jobs now?",
+            consequence="Failed and waiting jobs become ready, due now, with their runs reset"
+            " to 0; a runner calls their handlers again within seconds. Jobs being run right"
+            " now are left alone.",
+            statuses={OutboxJob.Status.READY, OutboxJob.Status.FAILED},
+            always=False,
+        )
+        if page is not None:
+            return page
         selected = queryset.count()
-        changed = actions.retry_jobs(queryset, on_batch=self._audit(request))
-        self.message_user(request, f"{changed} job(s) set to ready, due now.", messages.SUCCESS)
-        if selected > changed:
-            self.message_user(
-                request,
-                f"{selected - changed} job(s) left unchanged: running right now.",
-                messages.WARNING,
-            )
-
-    def _audit(self, request: HttpRequest) -> Callable[[list[int]], None]:
-        user_id = request.user.pk
-        if user_id is None:  # the admin only runs actions for logged-in staff
-            raise PermissionDenied
-
-        def log(ids: list[int]) -> None:
-            LogEntry.objects.log_actions(
-                user_id=user_id,
-                queryset=list(OutboxJob.objects.filter(pk__in=ids)),
-                action_flag=CHANGE,
-                change_message="Retried now: ready, runs reset to 0",
-            )
-
-        return log
+        changed = actions.retry_jobs(
+            queryset, on_batch=self.audit(request, "Retried now: ready, runs reset to 0")
+        )
+        self.report(request, selected, changed, "set to ready, due now", "running right now")
+        return self.finish(request)
