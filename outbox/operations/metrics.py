@@ -7,9 +7,10 @@ metrics are collected is decided here only. With ``prometheus_client`` installed
 - ``outbox_messages_published_total``, ``outbox_messages_retried_total``,
   ``outbox_messages_failed_total`` (counters)
 - ``outbox_publish_latency_seconds`` (histogram: row creation to broker confirm)
-- ``outbox_ready_messages``, ``outbox_failed_messages`` and
-  ``outbox_oldest_ready_age_seconds`` (gauges read from the database at scrape time by a
-  collector; see ``register_backlog_collector``)
+- ``outbox_ready_messages``, ``outbox_failed_messages``,
+  ``outbox_oldest_ready_age_seconds``, ``outbox_ready_jobs`` and ``outbox_failed_jobs``
+  (gauges read from the database at scrape time by a collector; see
+  ``register_backlog_collector``)
 - consumers, labelled ``consumer``: ``outbox_consumer_messages_processed_total``,
   ``outbox_consumer_duplicates_skipped_total``, ``outbox_consumer_messages_retried_total``,
   ``outbox_consumer_messages_dead_lettered_total`` (counters) and
@@ -95,7 +96,8 @@ def publish_latency(seconds: float) -> None:
 
 
 def register_backlog_collector(registry: CollectorRegistry | None = None) -> bool:
-    """Expose the ready depth and the oldest ready age, read from the database per scrape.
+    """Expose the ready and failed depths of the outbox and of the local jobs, and the oldest
+    ready row's age, read from the database per scrape.
 
     Call it once in the process that serves ``/metrics`` (one process is enough: the figures
     are the table's, not the process's). Returns False when ``prometheus_client`` is missing.
@@ -117,10 +119,12 @@ if prometheus_client is not None:
             # Imported here: this module loads before the apps (the relay imports it early).
             from outbox.operations import stats
 
-            return self._families(stats.backlog())
+            return self._families(stats.backlog(), stats.job_backlog())
 
         @staticmethod
-        def _families(backlog: stats.Backlog | None = None) -> list[GaugeMetricFamily]:
+        def _families(
+            backlog: stats.Backlog | None = None, jobs: stats.JobBacklog | None = None
+        ) -> list[GaugeMetricFamily]:
             ready = GaugeMetricFamily(
                 "outbox_ready_messages", "Outbox rows waiting to be published"
             )
@@ -131,11 +135,21 @@ if prometheus_client is not None:
                 "outbox_oldest_ready_age_seconds",
                 "Age of the oldest ready outbox row in seconds (0 when none is waiting)",
             )
+            ready_jobs = GaugeMetricFamily(
+                "outbox_ready_jobs",
+                "Local jobs (durable after-commit handlers) waiting to run or to be retried",
+            )
+            failed_jobs = GaugeMetricFamily(
+                "outbox_failed_jobs", "Local jobs that used up their runs (an operator must act)"
+            )
             if backlog is not None:
                 ready.add_metric([], backlog.ready)
                 failed.add_metric([], backlog.failed)
                 age.add_metric([], backlog.oldest_ready_age_seconds or 0.0)
-            return [ready, failed, age]
+            if jobs is not None:
+                ready_jobs.add_metric([], jobs.ready)
+                failed_jobs.add_metric([], jobs.failed)
+            return [ready, failed, age, ready_jobs, failed_jobs]
 
 
 # --- consumers ---

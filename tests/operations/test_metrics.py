@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from outbox.models import OutboxMessage
+from outbox.models import OutboxJob, OutboxMessage
 from outbox.operations import metrics
 from tests.operations.conftest import MakeMessage
 
@@ -69,3 +69,14 @@ def test_backlog_gauges_are_read_at_scrape_time(make_message: MakeMessage) -> No
     assert sample("outbox_failed_messages", registry) == 1
     assert sample("outbox_oldest_ready_age_seconds", registry) == pytest.approx(120, abs=5)
     assert b"# TYPE outbox_ready_messages gauge" in generate_latest(registry)
+
+
+@pytest.mark.django_db
+def test_job_gauges_count_waiting_and_failed_jobs() -> None:
+    registry = CollectorRegistry()
+    metrics.register_backlog_collector(registry)
+    assert sample("outbox_ready_jobs", registry) == 0
+    for key, status in [("a", "ready"), ("b", "ready"), ("c", "failed")]:
+        OutboxJob.objects.create(kind="handler", name="h", key=key, payload={}, status=status)
+    assert sample("outbox_ready_jobs", registry) == 2
+    assert sample("outbox_failed_jobs", registry) == 1
