@@ -108,11 +108,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     # --- WAL relay (log tailing with Debezium) ---
     "RELAY_SOURCE": Setting(
-        "polling",
+        "poll",
         str,
-        'where outbox_relay finds committed rows: "polling" (claims on the table) or "wal"'
+        'where outbox_relay finds committed rows: "poll" (claims on the table) or "wal"'
         " (Debezium reads PostgreSQL's write-ahead log; needs the wal extra and Java 17)",
-        choices=("polling", "wal"),
+        choices=("poll", "wal"),
     ),
     "WAL_SLOT_NAME": Setting(
         "outbox_relay",
