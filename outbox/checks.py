@@ -296,6 +296,6 @@ def wal_level_problem(alias: str) -> str | None:
 
 def _wal_source() -> bool:
     try:
-        return conf.get("RELAY_SOURCE") == "wal"
+        return bool(conf.get("RELAY_SOURCE") == "wal")
     except ImproperlyConfigured:
         return False  # outbox.E001 reports it
