@@ -30,22 +30,25 @@ from outbox import conf
 from outbox.common.database import is_postgresql, outbox_alias
 from outbox.common.durations import format_duration
 from outbox.common.sql import load_queries, rows_as
+from outbox.relay.debezium import OFFSETS_TABLE, offset_key_prefix
 
 __all__ = [
     "WAL_OFFSETS_TABLE",
     "SlotRow",
     "WalSlotStatus",
     "current_database",
+    "delete_offsets",
     "format_bytes",
     "publication_exists",
     "read_slot",
     "slot_status",
+    "stored_offsets",
     "table_exists",
 ]
 
-#: Where the WAL relay's Debezium JDBC offset store keeps its offsets (one WAL relay per
-#: database, so the table holds that relay's offsets only).
-WAL_OFFSETS_TABLE = "outbox_wal_offsets"
+#: Where the WAL relay's Debezium JDBC offset store keeps its offsets: one row set per slot,
+#: told apart by how their ``offset_key`` starts (``outbox.relay.debezium``).
+WAL_OFFSETS_TABLE = OFFSETS_TABLE
 
 QUERIES = load_queries("outbox", "sql/wal_operations.sql")
 
@@ -113,6 +116,38 @@ def publication_exists(publication: str, using: str | None = None) -> bool:
 def table_exists(table: str, using: str | None = None) -> bool:
     """Whether ``table`` exists (on the search path) in the outbox's database."""
     return bool(_scalar("table_exists", {"table": table}, using))
+
+
+def stored_offsets(slot_name: str, using: str | None = None) -> int:
+    """How many offset rows the WAL relay reading ``slot_name`` stored (0 without a table)."""
+    if not table_exists(WAL_OFFSETS_TABLE, using):
+        return 0
+    with connections[outbox_alias(using)].cursor() as cursor:
+        cursor.execute(
+            QUERIES["count_offsets"].format(table=_quoted(WAL_OFFSETS_TABLE, using)),
+            {"prefix": offset_key_prefix(slot_name)},
+        )
+        found: int = cursor.fetchone()[0]
+    return found
+
+
+def delete_offsets(slot_name: str, using: str | None = None) -> tuple[int, bool]:
+    """Delete the offsets stored for ``slot_name``, and the table once no slot has any left.
+    Returns (rows deleted, whether the table was dropped)."""
+    if not table_exists(WAL_OFFSETS_TABLE, using):
+        return 0, False
+    table = _quoted(WAL_OFFSETS_TABLE, using)
+    with connections[outbox_alias(using)].cursor() as cursor:
+        cursor.execute(
+            QUERIES["delete_offsets"].format(table=table),
+            {"prefix": offset_key_prefix(slot_name)},
+        )
+        deleted = cursor.rowcount
+        cursor.execute(QUERIES["any_offsets"].format(table=table))
+        if cursor.fetchone()[0]:
+            return deleted, False
+        cursor.execute(f"DROP TABLE {table}")
+    return deleted, True
 
 
 def current_database(using: str | None = None) -> str:
@@ -221,6 +256,11 @@ def _problems(
             f" row waits that long (limit {format_duration(round(max_seconds))})"
         )
     return problems
+
+
+def _quoted(name: str, using: str | None) -> str:
+    quoted: str = connections[outbox_alias(using)].ops.quote_name(name)
+    return quoted
 
 
 def _scalar(name: str, params: dict[str, Any], using: str | None) -> Any:

@@ -37,3 +37,13 @@ SELECT pg_drop_replication_slot(%(slot_name)s);
 
 -- name: wal_level
 SELECT current_setting('wal_level');
+
+-- The offsets of one slot's relay in Debezium's JDBC store ({table}: the quoted table name).
+-- name: count_offsets
+SELECT count(*) FROM {table} WHERE starts_with(offset_key, %(prefix)s);
+
+-- name: delete_offsets
+DELETE FROM {table} WHERE starts_with(offset_key, %(prefix)s);
+
+-- name: any_offsets
+SELECT EXISTS (SELECT 1 FROM {table});

@@ -18,6 +18,7 @@ from django.db import connection
 
 from outbox.models import OutboxMessage
 from outbox.operations import wal_status
+from outbox.relay.debezium import offset_key_prefix
 from tests.operations.conftest import MakeMessage
 from tests.wal_support import connect, drop_slot_quietly, logical_slot, requires_logical_wal
 
@@ -166,13 +167,18 @@ def create_publication(name: str) -> None:
         other.execute(f'CREATE PUBLICATION "{name}" FOR TABLE outbox_message')
 
 
-def create_offsets_table() -> None:
+def create_offsets_table(*slots: str) -> None:
+    """The JDBC offset store's table, with one offset row for each of ``slots``."""
     with connect() as other:
         other.execute(
             f"CREATE TABLE IF NOT EXISTS {wal_status.WAL_OFFSETS_TABLE}"
             " (id varchar(36) PRIMARY KEY, offset_key varchar(1255), offset_val varchar(1255))"
         )
-        other.execute(f"INSERT INTO {wal_status.WAL_OFFSETS_TABLE} VALUES ('1', 'key', 'value')")
+        for slot in slots:
+            other.execute(
+                f"INSERT INTO {wal_status.WAL_OFFSETS_TABLE} VALUES (%s, %s, '{{}}')",
+                [uuid.uuid4().hex, offset_key_prefix(slot) + '{"server":"x"}]'],
+            )
 
 
 def drop_leftovers(publication: str) -> None:
@@ -189,21 +195,33 @@ def test_retire_drops_slot_publication_and_offsets_and_is_idempotent(
     try:
         with logical_slot(slot):
             create_publication(publication)
-            create_offsets_table()
+            create_offsets_table(slot, "another_slot")
 
             output, _, code = run("outbox_wal_retire", "--noinput")
 
             assert code == 0
             assert wal_status.read_slot(slot) is None
             assert not wal_status.publication_exists(publication)
-            assert not wal_status.table_exists(wal_status.WAL_OFFSETS_TABLE)
+            assert wal_status.stored_offsets(slot) == 0
+            # Another slot's offsets stay, and so does their table.
+            assert wal_status.stored_offsets("another_slot") == 1
             assert f"dropped replication slot {slot!r}" in output
             assert f"dropped publication {publication!r}" in output
-            assert "dropped the stored offsets" in output
+            assert "dropped the stored offsets (1 row of outbox_wal_offsets)" in output
 
         again, _, again_code = run("outbox_wal_retire", "--noinput")
         assert again_code == 0
         assert "nothing to retire" in again
+
+        # The last slot's offsets go with their table.
+        create_offsets_table(slot)
+        with connect() as other:
+            other.execute(
+                f"DELETE FROM {wal_status.WAL_OFFSETS_TABLE} WHERE offset_key LIKE '%another%'"
+            )
+        last, _, _ = run("outbox_wal_retire", "--noinput")
+        assert "outbox_wal_offsets was empty then and is dropped too" in last
+        assert not wal_status.table_exists(wal_status.WAL_OFFSETS_TABLE)
     finally:
         drop_leftovers(publication)
 

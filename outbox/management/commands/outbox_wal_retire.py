@@ -3,8 +3,8 @@
 When ``outbox_relay --source wal`` is retired (back to polling, or moved to Debezium Server),
 its replication slot keeps WAL on disk forever unless it is dropped. This command drops the
 slot ``OUTBOX["WAL_SLOT_NAME"]``, the publication ``OUTBOX["WAL_PUBLICATION_NAME"]`` and the
-relay's stored offsets (the ``outbox_wal_offsets`` table), after asking (``--noinput`` does
-not ask). Rows the WAL relay had not published stay ``ready``: the polling relay publishes
+relay's stored offsets (its rows of the ``outbox_wal_offsets`` table, and the table once no
+other slot has rows in it), after asking (``--noinput`` does not ask). Rows the WAL relay had not published stay ``ready``: the polling relay publishes
 them.
 
 A slot that a WAL relay is reading (active) is not dropped: stop the relay first. ``--force``
@@ -24,7 +24,7 @@ from django.db import connections
 
 from outbox import conf
 from outbox.common.database import is_postgresql, outbox_alias
-from outbox.management.base import OutboxCommand, add_noinput_argument
+from outbox.management.base import OutboxCommand, add_noinput_argument, count
 from outbox.operations import wal_status
 
 # How long --force waits for PostgreSQL to release the slot of a terminated WAL sender.
@@ -66,11 +66,11 @@ class Command(OutboxCommand):
                 ' OUTBOX["WAL_SLOT_NAME"] to the slot of this database'
             )
         has_publication = wal_status.publication_exists(publication, alias)
-        has_offsets = wal_status.table_exists(wal_status.WAL_OFFSETS_TABLE, alias)
-        if slot is None and not has_publication and not has_offsets:
+        offsets = wal_status.stored_offsets(slot_name, alias)
+        if slot is None and not has_publication and not offsets:
             self.say(
                 f"nothing to retire: no replication slot {slot_name!r}, no publication"
-                f" {publication!r}, no {wal_status.WAL_OFFSETS_TABLE} table"
+                f" {publication!r}, no stored offsets of the slot"
             )
             return
         if slot is not None and slot.active and not options["force"]:
@@ -79,7 +79,7 @@ class Command(OutboxCommand):
                 " a WAL relay is reading it; stop the relay first, or pass --force to"
                 " terminate the WAL sender"
             )
-        what = _listing(slot, slot_name, publication, has_publication, has_offsets)
+        what = _listing(slot, slot_name, publication, has_publication, offsets)
         if options["interactive"]:
             self._confirm(f"Drop {what}? [y/N] ")
         if slot is not None:
@@ -91,14 +91,18 @@ class Command(OutboxCommand):
                 f"dropped replication slot {slot_name!r}"
                 f" (it retained {wal_status.format_bytes(slot.retained_bytes)} of WAL)"
             )
-        quote = connections[alias].ops.quote_name
-        with connections[alias].cursor() as cursor:
-            if has_publication:
+        if has_publication:
+            quote = connections[alias].ops.quote_name
+            with connections[alias].cursor() as cursor:
                 cursor.execute(f"DROP PUBLICATION IF EXISTS {quote(publication)}")
-                self.say(f"dropped publication {publication!r}")
-            if has_offsets:
-                cursor.execute(f"DROP TABLE IF EXISTS {quote(wal_status.WAL_OFFSETS_TABLE)}")
-                self.say(f"dropped the stored offsets (table {wal_status.WAL_OFFSETS_TABLE})")
+            self.say(f"dropped publication {publication!r}")
+        if offsets:
+            deleted, dropped_table = wal_status.delete_offsets(slot_name, alias)
+            table = wal_status.WAL_OFFSETS_TABLE
+            self.say(
+                f"dropped the stored offsets ({count(deleted, 'row')} of {table}"
+                + (f"; {table} was empty then and is dropped too)" if dropped_table else ")")
+            )
 
     def _terminate(self, slot_name: str, pid: int, alias: str) -> None:
         with connections[alias].cursor() as cursor:
@@ -127,7 +131,7 @@ def _listing(
     slot_name: str,
     publication: str,
     has_publication: bool,
-    has_offsets: bool,
+    offsets: int,
 ) -> str:
     parts = []
     if slot is not None:
@@ -138,6 +142,8 @@ def _listing(
         )
     if has_publication:
         parts.append(f"publication {publication!r}")
-    if has_offsets:
-        parts.append(f"the stored offsets (table {wal_status.WAL_OFFSETS_TABLE})")
+    if offsets:
+        parts.append(
+            f"the slot's stored offsets ({count(offsets, 'row')} of {wal_status.WAL_OFFSETS_TABLE})"
+        )
     return ", ".join(parts)
