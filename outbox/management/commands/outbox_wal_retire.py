@@ -4,8 +4,8 @@ When ``outbox_relay --source wal`` is retired (back to polling, or moved to Debe
 its replication slot keeps WAL on disk forever unless it is dropped. This command drops the
 slot ``OUTBOX["WAL_SLOT_NAME"]``, the publication ``OUTBOX["WAL_PUBLICATION_NAME"]`` and the
 relay's stored offsets (its rows of the ``outbox_wal_offsets`` table, and the table once no
-other slot has rows in it), after asking (``--noinput`` does not ask). Rows the WAL relay had not published stay ``ready``: the polling relay publishes
-them.
+other slot has rows in it), after asking (``--noinput`` does not ask). Rows the WAL relay had
+not published stay ``ready``: the polling relay publishes them.
 
 A slot that a WAL relay is reading (active) is not dropped: stop the relay first. ``--force``
 terminates the WAL sender serving it, for a reader that is gone but whose connection
