@@ -308,3 +308,26 @@ def _wait_until_active(slot: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"pg_recvlogical did not start reading {slot} ({sys.executable})")
+
+
+def test_a_slot_that_cannot_be_read_matters_only_for_the_wal_source(
+    names: tuple[str, str], settings: Any
+) -> None:
+    from unittest import mock
+
+    from django.db import DatabaseError
+
+    failing = mock.patch.object(
+        wal_status, "read_slot", side_effect=DatabaseError("recovery is in progress")
+    )
+    with failing:
+        polling, _, polling_code = run("outbox_status", "--json")
+        settings.OUTBOX = {**settings.OUTBOX, "RELAY_SOURCE": "wal"}
+        wal, _, wal_code = run("outbox_status", "--json")
+
+    assert polling_code == 0
+    assert json.loads(polling)["wal_slot"] is None
+    assert wal_code == 8
+    assert json.loads(wal)["problems"] == [
+        "cannot read the WAL relay's replication slot: recovery is in progress"
+    ]

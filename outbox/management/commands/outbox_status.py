@@ -75,13 +75,16 @@ class Command(OutboxCommand):
         max_age: timedelta = options["max_age"] or timedelta(seconds=conf.get_int("STUCK_AFTER"))
         try:
             summary = stats.summary()
-            slot = wal_status.slot_status(lag_seconds_if_wal=summary.oldest_ready_age_seconds)
         except DatabaseError as error:
             # Its own exit status: "cannot tell" must not read as "backlog too old".
             self._unreadable(error, as_json=options["json"])
             raise SystemExit(EXIT_DATABASE_UNAVAILABLE) from error
         problems = []
         exit_code = 0
+        slot, slot_problem = _wal_slot(summary)
+        if slot_problem:
+            exit_code |= EXIT_WAL_SLOT
+            problems.append(slot_problem)
         oldest = summary.oldest_ready_age_seconds
         if oldest is not None and oldest > max_age.total_seconds():
             exit_code |= EXIT_BACKLOG_TOO_OLD
@@ -133,6 +136,18 @@ class Command(OutboxCommand):
             self.stdout.write(json.dumps(data, indent=2, sort_keys=True))
         else:
             self.stderr.write(message)
+
+
+def _wal_slot(summary: stats.OutboxSummary) -> tuple[wal_status.WalSlotStatus | None, str]:
+    """The WAL slot's status, and why it could not be read when that matters. A slot that
+    cannot be read (a server in recovery has no current WAL position, a permission) does
+    not make the outbox unreadable: it is a problem only while the source is "wal"."""
+    try:
+        return wal_status.slot_status(lag_seconds_if_wal=summary.oldest_ready_age_seconds), ""
+    except DatabaseError as error:
+        if conf.get_str("RELAY_SOURCE") != "wal":
+            return None, ""
+        return None, f"cannot read the WAL relay's replication slot: {database_error_reason(error)}"
 
 
 def _table(
