@@ -18,7 +18,7 @@ from django.db import connection
 
 from outbox.models import OutboxMessage
 from outbox.operations import wal_status
-from outbox.relay.debezium import offset_key_prefix
+from outbox.relay.debezium import offset_key_prefix, source_properties
 from tests.operations.conftest import MakeMessage
 from tests.wal_support import connect, drop_slot_quietly, logical_slot, requires_logical_wal
 
@@ -168,15 +168,16 @@ def create_publication(name: str) -> None:
 
 
 def create_offsets_table(*slots: str) -> None:
-    """The JDBC offset store's table, with one offset row for each of ``slots``."""
+    """The JDBC offset store's table as Debezium creates it, with an offset row for each of
+    ``slots``."""
+    ddl = source_properties()["offset.storage.jdbc.table.ddl"]
     with connect() as other:
-        other.execute(
-            f"CREATE TABLE IF NOT EXISTS {wal_status.WAL_OFFSETS_TABLE}"
-            " (id varchar(36) PRIMARY KEY, offset_key varchar(1255), offset_val varchar(1255))"
-        )
+        other.execute(ddl.replace("%s", wal_status.WAL_OFFSETS_TABLE))
         for slot in slots:
             other.execute(
-                f"INSERT INTO {wal_status.WAL_OFFSETS_TABLE} VALUES (%s, %s, '{{}}')",
+                f"INSERT INTO {wal_status.WAL_OFFSETS_TABLE}"
+                " (id, offset_key, offset_val, record_insert_ts, record_insert_seq)"
+                " VALUES (%s, %s, '{}', now(), 1)",
                 [uuid.uuid4().hex, offset_key_prefix(slot) + '{"server":"x"}]'],
             )
 

@@ -21,7 +21,6 @@ from django.db import connection, connections, transaction
 
 import outbox
 from outbox.operations import debezium_server, wal_status
-from outbox.relay.debezium import offset_key_prefix
 from outbox.relay.outgoing import outgoing_message
 from outbox.relay.publishers import OutgoingMessage
 from outbox.relay.store import ClaimedMessage
@@ -231,11 +230,7 @@ def test_the_generated_router_gives_the_relays_routing_key_body_and_headers(
         drop_slot_quietly(slot)
         with connect() as other:
             other.execute(f'DROP PUBLICATION IF EXISTS "{publication}"')
-            if wal_status.table_exists(wal_status.WAL_OFFSETS_TABLE):
-                other.execute(
-                    f"DELETE FROM {wal_status.WAL_OFFSETS_TABLE} WHERE starts_with(offset_key, %s)",
-                    [offset_key_prefix(slot)],
-                )
+        wal_status.delete_offsets(slot)  # and the table, once no other slot has rows
 
     # Heartbeats are dropped; only the three rows come out, in commit order.
     assert [r["destination"] for r in records] == ["events", "walops.other", "events"], records
