@@ -22,7 +22,7 @@ from outbox.relay.debezium import offset_key_prefix, source_properties
 from tests.operations.conftest import MakeMessage
 from tests.wal_support import connect, drop_slot_quietly, logical_slot, requires_logical_wal
 
-pytestmark = [pytest.mark.django_db, requires_logical_wal]
+pytestmark = pytest.mark.django_db
 
 
 def run(*args: str, **options: Any) -> tuple[str, str, int]:
@@ -86,6 +86,7 @@ def test_a_missing_slot_is_a_problem_when_the_source_is_wal(
     assert "missing" in table
 
 
+@requires_logical_wal
 def test_a_slot_nobody_reads_is_unhealthy_past_the_byte_limit(
     names: tuple[str, str], settings: Any, make_message: MakeMessage
 ) -> None:
@@ -113,6 +114,7 @@ def test_a_slot_nobody_reads_is_unhealthy_past_the_byte_limit(
     assert "inactive" in table
 
 
+@requires_logical_wal
 def test_the_wal_source_lags_by_its_oldest_ready_row(
     names: tuple[str, str], settings: Any, make_message: MakeMessage
 ) -> None:
@@ -131,6 +133,7 @@ def test_the_wal_source_lags_by_its_oldest_ready_row(
     assert relaxed_code == 0
 
 
+@requires_logical_wal
 def test_a_slot_of_that_name_in_another_database_is_not_this_outbox_s(
     names: tuple[str, str], settings: Any
 ) -> None:
@@ -188,6 +191,7 @@ def drop_leftovers(publication: str) -> None:
         other.execute(f"DROP TABLE IF EXISTS {wal_status.WAL_OFFSETS_TABLE}")
 
 
+@requires_logical_wal
 @pytest.mark.django_db(transaction=True)
 def test_retire_drops_slot_publication_and_offsets_and_is_idempotent(
     names: tuple[str, str],
@@ -227,6 +231,7 @@ def test_retire_drops_slot_publication_and_offsets_and_is_idempotent(
         drop_leftovers(publication)
 
 
+@requires_logical_wal
 @pytest.mark.django_db(transaction=True)
 def test_retire_refuses_an_active_slot_unless_forced(names: tuple[str, str]) -> None:
     slot, publication = names
@@ -268,6 +273,7 @@ def test_retire_refuses_an_active_slot_unless_forced(names: tuple[str, str]) -> 
             drop_leftovers(publication)
 
 
+@requires_logical_wal
 def test_retire_asks_first_and_refuses_without_a_terminal(names: tuple[str, str]) -> None:
     slot, _ = names
     with logical_slot(slot):
