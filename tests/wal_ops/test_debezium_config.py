@@ -16,7 +16,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 
 import outbox
@@ -113,6 +113,13 @@ def test_slot_and_publication_can_be_chosen_and_the_file_written(tmp_path: Path)
     assert values["debezium.source.publication.name"] == "debezium_pub"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600  # it holds secrets
     assert f"wrote {target}" in out.getvalue()
+
+
+def test_no_broker_url_is_a_one_line_error(settings: Any) -> None:
+    settings.OUTBOX = {"EXCHANGE": "events"}
+
+    with pytest.raises(CommandError, match="BROKER_URL"):
+        printed()
 
 
 # --- the source and router in the embedded engine ---
