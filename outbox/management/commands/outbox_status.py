@@ -1,10 +1,11 @@
 """``manage.py outbox_status``: the outbox's health, for people (a table) and machines (JSON).
 
 Exit status, so it can serve as a health check: 0 healthy; otherwise the sum of 1 (the oldest
-ready row is older than ``--max-age``) and 2 (more failed rows, or failed local jobs, than
-``--max-failed``); 4 when
-the outbox cannot be read at all (database down). ``--json`` prints one JSON object in every
-case, the database error included.
+ready row is older than ``--max-age``), 2 (more failed rows, or failed local jobs, than
+``--max-failed``) and 8 (the WAL relay's replication slot: missing while ``RELAY_SOURCE`` is
+``"wal"``, retaining more than ``WAL_MAX_LAG_BYTES`` of WAL, behind by more than
+``WAL_MAX_LAG_SECONDS``, or lost); 4 when the outbox cannot be read at all (database down).
+``--json`` prints one JSON object in every case, the database error included.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from outbox.management.base import (
     database_address,
     database_error_reason,
 )
-from outbox.operations import stats
+from outbox.operations import stats, wal_status
 from outbox.relay.publishers import UNROUTABLE_ERROR_PREFIX
 from outbox.relay.unroutable import declare_hint
 
 EXIT_BACKLOG_TOO_OLD = 1
 EXIT_FAILED_ROWS = 2
+EXIT_WAL_SLOT = 8
 
 # The table shows this much of the latest error; --json has all of it.
 ERROR_PREVIEW_CHARS = 300
@@ -39,9 +41,10 @@ ERROR_PREVIEW_CHARS = 300
 class Command(OutboxCommand):
     help = (
         "Show counts per status, unroutable rows, the latest error, the oldest ready row's"
-        " age, recent throughput and local jobs (durable after-commit handlers) ready and"
-        " failed. Exits 1 if the backlog is too old, 2 if rows or jobs failed, 3 if both, 4 if"
-        " the database cannot be read."
+        " age, recent throughput, local jobs (durable after-commit handlers) ready and"
+        " failed, and the WAL relay's replication slot. Exits 1 if the backlog is too old, 2"
+        " if rows or jobs failed, 8 if the WAL slot is missing or lags (the sum when several"
+        " apply), 4 if the database cannot be read."
     )
     requires_system_checks: list[str] = []
 
@@ -78,6 +81,10 @@ class Command(OutboxCommand):
             raise SystemExit(EXIT_DATABASE_UNAVAILABLE) from error
         problems = []
         exit_code = 0
+        slot, slot_problem = _wal_slot(summary)
+        if slot_problem:
+            exit_code |= EXIT_WAL_SLOT
+            problems.append(slot_problem)
         oldest = summary.oldest_ready_age_seconds
         if oldest is not None and oldest > max_age.total_seconds():
             exit_code |= EXIT_BACKLOG_TOO_OLD
@@ -95,12 +102,20 @@ class Command(OutboxCommand):
             problems.append(
                 f"{count(summary.jobs_failed, 'failed job')} (limit {options['max_failed']})"
             )
+        if slot is not None and slot.problems:
+            exit_code |= EXIT_WAL_SLOT
+            problems.extend(slot.problems)
 
         if options["json"]:
-            data = {**summary.as_json(), "healthy": not problems, "problems": problems}
+            data = {
+                **summary.as_json(),
+                "wal_slot": None if slot is None else slot.as_json(),
+                "healthy": not problems,
+                "problems": problems,
+            }
             self.stdout.write(json.dumps(data, indent=2, sort_keys=True))
         elif self.verbosity >= 1:
-            self.stdout.write(_table(summary, problems))
+            self.stdout.write(_table(summary, slot, problems))
         elif problems:
             self.stderr.write("unhealthy: " + "; ".join(problems))
         if exit_code:
@@ -123,7 +138,21 @@ class Command(OutboxCommand):
             self.stderr.write(message)
 
 
-def _table(summary: stats.OutboxSummary, problems: list[str]) -> str:
+def _wal_slot(summary: stats.OutboxSummary) -> tuple[wal_status.WalSlotStatus | None, str]:
+    """The WAL slot's status, and why it could not be read when that matters. A slot that
+    cannot be read (a server in recovery has no current WAL position, a permission) does
+    not make the outbox unreadable: it is a problem only while the source is "wal"."""
+    try:
+        return wal_status.slot_status(lag_seconds_if_wal=summary.oldest_ready_age_seconds), ""
+    except DatabaseError as error:
+        if conf.get_str("RELAY_SOURCE") != "wal":
+            return None, ""
+        return None, f"cannot read the WAL relay's replication slot: {database_error_reason(error)}"
+
+
+def _table(
+    summary: stats.OutboxSummary, slot: wal_status.WalSlotStatus | None, problems: list[str]
+) -> str:
     oldest = summary.oldest_ready_age_seconds
     published = f"{'~' if summary.published_is_estimate else ''}{summary.published}"
     last = summary.last_published_at.isoformat() if summary.last_published_at else "never"
@@ -141,10 +170,26 @@ def _table(summary: stats.OutboxSummary, problems: list[str]) -> str:
         ("latest error", _latest_error(summary.latest_error)),
         ("jobs ready (after-commit handlers)", str(summary.jobs_ready)),
         ("jobs failed", str(summary.jobs_failed)),
+        *_slot_rows(slot),
         ("health", "OK" if not problems else "UNHEALTHY: " + "; ".join(problems)),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _slot_rows(slot: wal_status.WalSlotStatus | None) -> list[tuple[str, str]]:
+    if slot is None:
+        return []
+    if not slot.exists:
+        return [(f"WAL slot {slot.slot_name}", "missing")]
+    reader = f"active (pid {slot.active_pid})" if slot.active else "inactive (nothing reads it)"
+    lag = "-" if slot.lag_seconds is None else format_duration(round(slot.lag_seconds, 1))
+    return [
+        (f"WAL slot {slot.slot_name}", reader),
+        ("WAL retained for the slot", wal_status.format_bytes(slot.retained_bytes)),
+        ("WAL not yet confirmed", wal_status.format_bytes(slot.unconfirmed_bytes)),
+        ("WAL relay lag (oldest ready row)", lag),
+    ]
 
 
 def _latest_error(latest: stats.LatestError | None) -> str:
