@@ -203,7 +203,7 @@ def check_wal_runtime(**kwargs: Any) -> list[CheckMessage]:
             'settings.OUTBOX["RELAY_SOURCE"] is "wal" but ' + " and ".join(missing),
             hint="install the wal extra (pip install 'django-transactional-outbox[wal]') and"
             " a Java 17 runtime (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; or"
-            ' set JAVA_HOME), or set RELAY_SOURCE to "polling"; see'
+            ' set JAVA_HOME), or set RELAY_SOURCE to "poll"; see'
             f" {reference('relay', 'Choosing a relay: polling, embedded WAL, or Debezium Server')}",
             id="outbox.E012",
         )
@@ -249,7 +249,7 @@ def check_wal_database(
             Error(
                 'settings.OUTBOX["RELAY_SOURCE"] is "wal" but the outbox database'
                 f" {alias!r} is not PostgreSQL",
-                hint='the WAL source reads PostgreSQL\'s write-ahead log; use "polling"',
+                hint='the WAL source reads PostgreSQL\'s write-ahead log; use "poll"',
                 id="outbox.E011",
             )
         ]

@@ -16,7 +16,7 @@ WAL relay marks a row published once the broker confirmed it, so a ready row is 
 has not got through yet, and its age bounds the slot's delay from above. PostgreSQL keeps no
 commit time per WAL position (without ``track_commit_timestamp``), so nothing measures the
 time of a slot that the relay does not read; for a slot left behind while the source is
-``"polling"`` the time is not measured (``None``) and the bytes carry the alarm.
+``"poll"`` the time is not measured (``None``) and the bytes carry the alarm.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class Command(OutboxCommand):
         if conf.get_str("RELAY_SOURCE") == "wal":
             self.say(
                 "note: RELAY_SOURCE is still 'wal': the next outbox_relay creates the slot"
-                ' again; set OUTBOX["RELAY_SOURCE"] = "polling" to retire the WAL source'
+                ' again; set OUTBOX["RELAY_SOURCE"] = "poll" to retire the WAL source'
             )
         slot = wal_status.read_slot(slot_name, alias)
         database = wal_status.current_database(alias)
