@@ -8,9 +8,9 @@ metrics are collected is decided here only. With ``prometheus_client`` installed
   ``outbox_messages_failed_total`` (counters)
 - ``outbox_publish_latency_seconds`` (histogram: row creation to broker confirm)
 - ``outbox_ready_messages``, ``outbox_failed_messages``,
-  ``outbox_oldest_ready_age_seconds``, ``outbox_ready_jobs`` and ``outbox_failed_jobs``
-  (gauges read from the database at scrape time by a collector; see
-  ``register_backlog_collector``)
+  ``outbox_oldest_ready_age_seconds``, ``outbox_ready_jobs``, ``outbox_failed_jobs`` and
+  ``outbox_wal_slot_retained_bytes`` (gauges read from the database at scrape time by a
+  collector; see ``register_backlog_collector``)
 - consumers, labelled ``consumer``: ``outbox_consumer_messages_processed_total``,
   ``outbox_consumer_duplicates_skipped_total``, ``outbox_consumer_messages_retried_total``,
   ``outbox_consumer_messages_dead_lettered_total`` (counters) and
@@ -34,7 +34,7 @@ except ImportError:  # the prometheus extra is not installed
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from outbox.operations import stats
+    from outbox.operations import stats, wal_status
 
 __all__ = [
     "PROMETHEUS_AVAILABLE",
@@ -117,13 +117,18 @@ if prometheus_client is not None:
 
         def collect(self) -> Iterable[Any]:
             # Imported here: this module loads before the apps (the relay imports it early).
-            from outbox.operations import stats
+            from outbox.operations import stats, wal_status
 
-            return self._families(stats.backlog(), stats.job_backlog())
+            slot = wal_status.slot_status()
+            return self._families(
+                stats.backlog(), stats.job_backlog(), slot if slot and slot.exists else None
+            )
 
         @staticmethod
         def _families(
-            backlog: stats.Backlog | None = None, jobs: stats.JobBacklog | None = None
+            backlog: stats.Backlog | None = None,
+            jobs: stats.JobBacklog | None = None,
+            slot: wal_status.WalSlotStatus | None = None,
         ) -> list[GaugeMetricFamily]:
             ready = GaugeMetricFamily(
                 "outbox_ready_messages", "Outbox rows waiting to be published"
@@ -146,10 +151,18 @@ if prometheus_client is not None:
                 ready.add_metric([], backlog.ready)
                 failed.add_metric([], backlog.failed)
                 age.add_metric([], backlog.oldest_ready_age_seconds or 0.0)
+            retained = GaugeMetricFamily(
+                "outbox_wal_slot_retained_bytes",
+                "WAL PostgreSQL keeps for the WAL relay's replication slot, in bytes (no sample"
+                " without the slot): a slot nobody reads fills the disk",
+                labels=["slot"],
+            )
             if jobs is not None:
                 ready_jobs.add_metric([], jobs.ready)
                 failed_jobs.add_metric([], jobs.failed)
-            return [ready, failed, age, ready_jobs, failed_jobs]
+            if slot is not None:
+                retained.add_metric([slot.slot_name], slot.retained_bytes or 0)
+            return [ready, failed, age, ready_jobs, failed_jobs, retained]
 
 
 # --- consumers ---

@@ -338,3 +338,24 @@ def test_a_slot_that_cannot_be_read_matters_only_for_the_wal_source(
     assert json.loads(wal)["problems"] == [
         "cannot read the WAL relay's replication slot: recovery is in progress"
     ]
+
+
+# --- Prometheus ---
+
+
+@requires_logical_wal
+def test_the_backlog_collector_reports_the_wal_the_slot_retains(names: tuple[str, str]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from outbox.operations import metrics
+
+    slot, _ = names
+    registry = CollectorRegistry()
+    metrics.register_backlog_collector(registry)
+    gauge = "outbox_wal_slot_retained_bytes"
+    assert registry.get_sample_value(gauge, {"slot": slot}) is None  # no slot, no sample
+    with logical_slot(slot):
+        emit_wal()
+        retained = registry.get_sample_value(gauge, {"slot": slot})
+    assert retained is not None
+    assert retained > 0
