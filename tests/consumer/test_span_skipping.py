@@ -16,7 +16,7 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 def use_provider(monkeypatch: pytest.MonkeyPatch, provider: trace.TracerProvider) -> None:
     # The global provider can be set once per process; the check reads it through this.
-    monkeypatch.setattr(tracing.trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
 
 
 def test_nothing_to_trace_without_a_provider_or_a_traceparent(
