@@ -1,5 +1,7 @@
 """Consumer benchmark on the local services: messages/s processed by ``outbox_consume``'s loop
-with the inbox (exactly-once) against the same loop without it, the handler doing one INSERT.
+with the inbox (exactly-once) against the same loop without it, the handler doing one INSERT;
+and, as the ceiling both are under, the handler alone (no broker, no loop) in transactions of
+one batch each.
 
     OUTBOX_DB_NAME=outbox_bench .venv/bin/python bench/consumer.py [--quick]
 
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 import pika
 from django.conf import settings
 from django.core.management import call_command
+from django.db import transaction
 from environment import EXCHANGE, REPO_ROOT  # first: puts Django in place
 
 from example_project.shipping.models import Shipment
@@ -36,6 +39,7 @@ from outbox.models import InboxMessage
 
 WITH_INBOX = "bench-inbox"
 WITHOUT_INBOX = "bench-plain"
+HANDLER_ALONE = "handler-only"
 EVENT_TYPE = "bench.order_placed"
 SETTLE_SECONDS = 3
 BODY = b'{"order_id":"2f0c3a6e-1d2b-4c55-9a43-5d7f3b1e9c10","sku":"demo-mug","quantity":2}'
@@ -89,7 +93,9 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     for consumer in (WITH_INBOX, WITHOUT_INBOX):
         declare(consumer)
-    rates: dict[str, list[float]] = {WITH_INBOX: [], WITHOUT_INBOX: []}
+    rates: dict[str, list[float]] = {WITH_INBOX: [], WITHOUT_INBOX: [], HANDLER_ALONE: []}
+    cpus: dict[str, list[float]] = {WITH_INBOX: [], WITHOUT_INBOX: [], HANDLER_ALONE: []}
+    batch_size = conf.get_int("CONSUMER_BATCH_SIZE")
     try:
         for number in range(rounds):
             fill_queues(messages)
@@ -99,25 +105,43 @@ def main() -> None:
             for consumer in order:
                 rate, batch, cpu = run(consumer, messages)
                 rates[consumer].append(rate)
+                cpus[consumer].append(cpu)
                 print(
                     f"round {number + 1}: {consumer:<12} {rate:8.0f} messages/s,"
                     f" {batch:5.1f} messages per batch, {cpu:4.0f} us CPU per message",
                     flush=True,
                 )
+            rate, cpu = handler_alone(messages, batch_size)
+            rates[HANDLER_ALONE].append(rate)
+            cpus[HANDLER_ALONE].append(cpu)
+            print(
+                f"round {number + 1}: {HANDLER_ALONE:<12} {rate:8.0f} messages/s,"
+                f"                        {cpu:4.0f} us CPU per message",
+                flush=True,
+            )
     finally:
         clean_up()
-    prefetch, batch_size = conf.get("CONSUMER_PREFETCH"), conf.get("CONSUMER_BATCH_SIZE")
+    prefetch = conf.get("CONSUMER_PREFETCH")
     load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
     print(
         f"\n{messages} messages per run, {rounds} round(s), prefetch {prefetch},"
         f" batch size {batch_size}; load average {load}:"
     )
-    print(f"  {'':18} {'median':>8} {'best':>8}  messages/s")
-    for label, consumer in (("with the inbox", WITH_INBOX), ("without the inbox", WITHOUT_INBOX)):
-        print(f"  {label:18} {statistics.median(rates[consumer]):8.0f} {max(rates[consumer]):8.0f}")
+    print(f"  {'':18} {'median':>8} {'best':>8}  messages/s   median us CPU per message")
+    for label, consumer in (
+        ("with the inbox", WITH_INBOX),
+        ("without the inbox", WITHOUT_INBOX),
+        ("handler alone", HANDLER_ALONE),
+    ):
+        print(
+            f"  {label:18} {statistics.median(rates[consumer]):8.0f} {max(rates[consumer]):8.0f}"
+            f"  {statistics.median(cpus[consumer]):25.0f}"
+        )
     median_ratio = statistics.median(rates[WITH_INBOX]) / statistics.median(rates[WITHOUT_INBOX])
     best_ratio = max(rates[WITH_INBOX]) / max(rates[WITHOUT_INBOX])
-    print(f"  {'ratio':18} {median_ratio:8.2f} {best_ratio:8.2f}")
+    # CPU per message: the inverse ratio, so that above 1 means the inbox costs nothing either.
+    cpu_ratio = statistics.median(cpus[WITHOUT_INBOX]) / statistics.median(cpus[WITH_INBOX])
+    print(f"  {'ratio (inbox)':18} {median_ratio:8.2f} {best_ratio:8.2f}  {cpu_ratio:25.2f}")
 
 
 def fill_queues(count: int) -> None:
@@ -157,6 +181,22 @@ def run(consumer: str, count: int) -> tuple[float, float, float]:
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     assert settled == count, (settled, count)
     return count / elapsed, count / max(1, loop.batches), cpu / count * 1e6
+
+
+def handler_alone(count: int, batch_size: int) -> tuple[float, float]:
+    """Run the handler ``count`` times, ``batch_size`` calls per transaction, in this thread:
+    what the handler costs without the broker and the loop (messages per second, microseconds
+    of CPU per message)."""
+    message = IncomingMessage(
+        consumer=WITH_INBOX, message_id="handler-only", event_type=EVENT_TYPE, payload={}
+    )
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for start in range(0, count, batch_size):
+        with transaction.atomic():
+            for _ in range(min(batch_size, count - start)):
+                insert_one(message)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return count / elapsed, cpu / count * 1e6
 
 
 def clean_up() -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "OPENTELEMETRY_AVAILABLE",
     "TRACE_HEADERS",
     "continue_trace",
+    "is_tracing",
     "trace_headers",
     "with_trace_headers",
 ]
@@ -49,6 +50,23 @@ def with_trace_headers(headers: dict[str, Any]) -> dict[str, Any]:
     if not current or "traceparent" in headers:
         return headers
     return {**current, **headers}
+
+
+def is_tracing(headers: Mapping[str, Any] | None) -> bool:
+    """Whether ``continue_trace(headers)`` has anything to do: ``headers`` carry a
+    ``traceparent`` to pass on, or a tracer provider is set (the SDK's, which records spans).
+
+    Without either, the span it would open is OpenTelemetry's invalid no-op span, with no
+    context for anything inside the block to propagate, so a caller on a hot path (the
+    consumer, per message) can skip the block.
+    """
+    if trace is None:
+        return False
+    if headers and "traceparent" in headers:
+        return True
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
 
 
 @contextmanager

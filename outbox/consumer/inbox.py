@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -46,12 +46,16 @@ STORE_RESULT_QUERY = "UPDATE outbox_inbox SET result = %s WHERE id = %s"
 
 _MAX_KEY_LENGTH = 255
 
-#: The consumer's batch claim: one statement records a whole batch. Rows are inserted in
-#: message id order, so two consumer processes claiming overlapping batches take the unique
-#: key's locks in the same order and wait for each other instead of deadlocking.
+#: The consumer's batch claim: one statement records a whole batch. The ids and event types
+#: travel as two arrays, so the statement's text and its four parameters are the same for
+#: every batch (the driver converts it once, not one placeholder per message). Rows are
+#: inserted in message id order, so two consumer processes claiming overlapping batches take
+#: the unique key's locks in the same order and wait for each other instead of deadlocking.
 _CLAIM_BATCH_QUERY = """
 INSERT INTO outbox_inbox (consumer, message_id, event_type, processed_at)
-VALUES {rows}
+SELECT %s, claimed.message_id, claimed.event_type, %s
+FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS claimed (message_id, event_type, number)
+ORDER BY claimed.number
 ON CONFLICT (consumer, message_id) DO NOTHING
 RETURNING message_id
 """
@@ -97,14 +101,11 @@ def claim_batch(consumer: str, messages: Sequence[tuple[str, str]], *, using: st
     """
     if not messages:
         return set()
-    now = timezone.now()
     ordered = sorted(messages)
-    parameters: list[str | datetime] = []
-    for message_id, event_type in ordered:
-        parameters += [consumer, message_id, event_type[:_MAX_KEY_LENGTH], now]
-    query = _CLAIM_BATCH_QUERY.format(rows=", ".join(["(%s, %s, %s, %s)"] * len(ordered)))
+    message_ids = [message_id for message_id, _ in ordered]
+    event_types = [event_type[:_MAX_KEY_LENGTH] for _, event_type in ordered]
     with connections[using].cursor() as cursor:
-        cursor.execute(query, parameters)
+        cursor.execute(_CLAIM_BATCH_QUERY, [consumer, timezone.now(), message_ids, event_types])
         return {row[0] for row in cursor.fetchall()}
 
 

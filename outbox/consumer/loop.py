@@ -172,21 +172,23 @@ class ConsumerLoop:
                 alone.append(_unexpected(self, message.message_id, error, "processing"))
         return alone
 
-    def finished(self) -> bool:
-        """Whether the loop should stop: asked to, idle, or ``max_messages`` settled."""
+    def finished(self, in_hand: int = 0) -> bool:
+        """Whether the loop should stop: asked to, idle, or ``max_messages`` settled (counting
+        ``in_hand`` deliveries about to be settled)."""
         if self._stop_requested.is_set() or self._went_idle:
             return True
-        return self.max_messages is not None and self.settled >= self.max_messages
+        return self.max_messages is not None and self.settled + in_hand >= self.max_messages
 
     def submit(self, messages: Sequence[IncomingMessage]) -> Future[list[Outcome]]:
         """Start the batch ``messages`` on the worker thread."""
         return self._worker.submit(self.run_batch, messages)
 
-    def batch_limit(self) -> int:
-        """The largest batch to start now: ``batch_size``, or what is left of ``max_messages``."""
+    def batch_limit(self, in_hand: int = 0) -> int:
+        """The largest batch to start now: ``batch_size``, or what is left of ``max_messages``
+        besides the ``in_hand`` deliveries about to be settled."""
         if self.max_messages is None:
             return self.batch_size
-        return max(1, min(self.batch_size, self.max_messages - self.settled))
+        return max(1, min(self.batch_size, self.max_messages - self.settled - in_hand))
 
     def outage_backoff(self) -> float:
         """The wait before trying a held message again after one more database outage error:
@@ -319,7 +321,8 @@ class _Session:
         self.loop = loop
         client_name = f"outbox_consume {loop.spec.name} pid {os.getpid()}"
         self.connection = pika.BlockingConnection(connection_parameters(client_name=client_name))
-        self.waiting: deque[Delivery] = deque()
+        # Decoded as they arrive, while the worker runs the batch before them.
+        self.waiting: deque[tuple[Delivery, IncomingMessage | Outcome]] = deque()
         self.in_flight: tuple[_Batch, Future[list[Outcome]]] | None = None
         # A batch whose processing met a database outage, and when to try it again: it stays
         # unacknowledged in this process, and nothing else starts before it.
@@ -380,7 +383,7 @@ class _Session:
         if isinstance(routing_key, bytes):  # pika's form of a key that is not UTF-8
             routing_key = routing_key.decode("utf-8", errors="replace")
         delivery = Delivery(method.delivery_tag, routing_key, properties, body)
-        self.waiting.append(delivery)
+        self.waiting.append((delivery, self._decode(delivery)))
 
     def _on_cancel(self, _frame: object) -> None:
         self.cancelled_by_broker = True
@@ -401,8 +404,13 @@ class _Session:
                     # skipped by the inbox on the next try.
                     self._hold(batch, outage)
                 else:
-                    loop.settle(channel, batch.settled(outcomes))
+                    settled = batch.settled(outcomes)
+                    # The next batch starts first: the worker processes it while this thread
+                    # acknowledges (and sends any retry copies of) the one that committed.
+                    self._start_ahead(in_hand=len(settled))
+                    loop.settle(channel, settled)
                 self.last_activity = time.monotonic()
+                continue
             if loop.finished():
                 return True
             if self.cancelled_by_broker:
@@ -428,20 +436,37 @@ class _Session:
             return True
         return False
 
-    def _take_batch(self) -> _Batch:
-        """The deliveries waiting now, up to the batch limit, decoded; a repeated message id
-        ends the batch (the copy is the next batch's, after this one committed)."""
+    def _start_ahead(self, *, in_hand: int) -> None:
+        """Start the next batch while ``in_hand`` deliveries of the one that committed are not
+        settled yet. Not when the loop is to end with them, nor for a batch of malformed
+        deliveries alone: settled now, its acknowledgement would cover the unsettled ones."""
+        if (
+            self.held is not None
+            or self.cancelled_by_broker
+            or not self.waiting
+            or self.loop.finished(in_hand)
+        ):
+            return
+        batch = self._take_batch(in_hand=in_hand)
+        if batch.messages:
+            self._submit(batch)
+        else:
+            self.waiting.extendleft(reversed(batch.deliveries))
+
+    def _take_batch(self, *, in_hand: int = 0) -> _Batch:
+        """The deliveries waiting now, up to the batch limit; a repeated message id ends the
+        batch (the copy is the next batch's, after this one committed)."""
         batch = _Batch()
-        limit = self.loop.batch_limit()
+        limit = self.loop.batch_limit(in_hand)
         ids: set[str] = set()
-        while self.waiting and len(batch.deliveries) < limit:
-            delivery = self.waiting[0]
-            decoded = self._decode(delivery)
+        waiting = self.waiting
+        while waiting and len(batch.deliveries) < limit:
+            delivery, decoded = waiting[0]
             if isinstance(decoded, IncomingMessage):
                 if decoded.message_id in ids:
                     break
                 ids.add(decoded.message_id)
-            self.waiting.popleft()
+            waiting.popleft()
             batch.add(delivery, decoded)
         return batch
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from outbox.consumer.loop import ConsumerLoop, consume
 from outbox.consumer.processing import Outcome
-from outbox.consumer.registry import IncomingMessage
+from outbox.consumer.registry import IncomingMessage, registry
 from outbox.models import InboxMessage, OutboxMessage
 from outbox.wire import HEADER_ATTEMPTS, HEADER_ERROR_TYPE
 from tests.consumer.conftest import ConsumerBroker
@@ -158,6 +160,68 @@ def test_a_batch_size_of_one_is_one_transaction_per_message(
     assert consume(RECORDER, batch_size=1, max_messages=4, until_idle=5) == 4
     assert [len(batch) for batch in batches] == [1, 1, 1, 1]
     assert runs(ids) == dict.fromkeys(ids, 1)
+
+
+def record_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """("start", ids) when the main thread hands a batch to the worker, ("settle", ids) when
+    it settles one, in the order they happen."""
+    steps: list[tuple[str, list[str]]] = []
+    submit, settle = ConsumerLoop.submit, ConsumerLoop.settle
+
+    def starting(loop: ConsumerLoop, messages: Sequence[IncomingMessage]) -> Future[list[Outcome]]:
+        steps.append(("start", [message.message_id for message in messages]))
+        return submit(loop, messages)
+
+    def settling(loop: ConsumerLoop, channel: Any, settled: Sequence[Any]) -> None:
+        steps.append(("settle", [delivery.properties.message_id for delivery, _ in settled]))
+        settle(loop, channel, settled)
+
+    monkeypatch.setattr(ConsumerLoop, "submit", starting)
+    monkeypatch.setattr(ConsumerLoop, "settle", settling)
+    return steps
+
+
+def test_the_next_batch_runs_while_the_last_one_is_settled(
+    broker: ConsumerBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = record_steps(monkeypatch)
+    ids = [broker.send(payload={"sleep": 0.3})] + [broker.send(payload={"n": n}) for n in range(6)]
+
+    assert consume(RECORDER, batch_size=3, max_messages=len(ids), until_idle=10) == len(ids)
+
+    # The second batch had started before the first was settled.
+    first = steps.index(("settle", ids[:3]))
+    assert [step for step in steps[:first] if step[0] == "start"] == [
+        ("start", ids[:3]),
+        ("start", ids[3:6]),
+    ], steps
+    assert [kind for kind, _ in steps].count("settle") == 3, steps
+    assert runs(ids) == dict.fromkeys(ids, 1)
+    # Every delivery was acknowledged: nothing is redelivered once the consumer is gone.
+    broker.connection.sleep(0.5)
+    assert broker.depth(broker.topology.queue) == 0
+
+
+def test_a_stop_waits_for_the_batch_started_ahead_and_acknowledges_it(
+    broker: ConsumerBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = record_steps(monkeypatch)
+    loop = ConsumerLoop(registry.get(RECORDER), batch_size=2, until_idle=10)
+    settle = ConsumerLoop.settle
+
+    def settle_then_stop(self: ConsumerLoop, channel: Any, settled: Sequence[Any]) -> None:
+        settle(self, channel, settled)
+        self.stop()  # once the first batch is settled: the second has started already
+
+    monkeypatch.setattr(loop, "settle", settle_then_stop.__get__(loop))
+    ids = [broker.send(payload={"sleep": 0.3})] + [broker.send(payload={"n": n}) for n in range(6)]
+
+    assert loop.run() == 4  # the first batch and the one started ahead of its settlement
+    assert [batch for kind, batch in steps if kind == "start"] == [ids[:2], ids[2:4]]
+    assert runs(ids) == {**dict.fromkeys(ids[:4], 1), **dict.fromkeys(ids[4:], 0)}
+    # The batch started ahead was acknowledged, not left for redelivery; the rest went back.
+    broker.connection.sleep(0.5)
+    assert broker.depth(broker.topology.queue) == 3
 
 
 @pytest.mark.slow
