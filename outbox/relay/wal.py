@@ -58,7 +58,7 @@ from outbox.common.sql import load_queries
 from outbox.common.words import count
 from outbox.models import OutboxMessage
 from outbox.operations import metrics
-from outbox.relay.debezium import source_properties
+from outbox.relay.debezium import offset_key_prefix, source_properties
 from outbox.relay.loop import Relay, RelaySettings
 from outbox.relay.outgoing import outgoing_message
 from outbox.relay.postgresql import PostgreSQLStore
@@ -266,6 +266,8 @@ class WalRelay:
         if self._fetch_one(lock, "slot_exists", slot=self.slot):
             return False
         lsn = self._fetch_one(lock, "create_slot", slot=self.slot)
+        if self._fetch_one(lock, "offsets_table_exists"):
+            lock.execute(queries()["forget_offsets"], {"prefix": offset_key_prefix(self.slot)})
         logger.info(
             "WAL relay %s: created replication slot %r at %s",
             self.name,

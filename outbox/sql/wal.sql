@@ -60,3 +60,11 @@ SELECT EXISTS (
       AND created_at < now() - %(age)s * interval '1 second'
       AND (lease_expires_at IS NULL OR lease_expires_at < now())
 );
+
+-- name: offsets_table_exists
+SELECT to_regclass('outbox_wal_offsets') IS NOT NULL;
+
+-- name: forget_offsets
+-- A new slot starts where it was created: offsets stored for an older slot of the same name
+-- point into WAL the server no longer has, and Debezium would refuse to start from them.
+DELETE FROM outbox_wal_offsets WHERE starts_with(offset_key, %(prefix)s);

@@ -16,7 +16,7 @@ from outbox.models import OutboxMessage
 from outbox.relay import Relay
 from tests.broker import BoundQueue, Received
 from tests.relay.conftest import consume, fast_settings
-from tests.wal.conftest import Slot, requires_wal, running, wait_for, wal_relay
+from tests.wal.conftest import Slot, drop_slot, requires_wal, running, wait_for, wal_relay
 
 pytestmark = [requires_wal, pytest.mark.django_db(transaction=True)]
 
@@ -171,3 +171,17 @@ def test_offsets_live_in_postgresql_one_row_set_per_slot(
     [(key, value)] = stored()
     assert json.loads(key)[1] == {"server": f"outbox_wal.{wal_slot.slot}"}
     assert "lsn" in json.loads(value)
+
+
+def test_a_slot_created_again_does_not_resume_from_the_old_slots_offsets(
+    exchange: BoundQueue, wal_slot: Slot
+) -> None:
+    with running(wal_relay(wal_slot), wal_slot):
+        write_transactions(1, 2)
+        consume(exchange, 2)
+        wait_for(all_published, 10, "the rows to be marked published")
+    drop_slot(wal_slot.slot)  # retired by hand; its offsets stay behind
+    with running(wal_relay(wal_slot), wal_slot):
+        later = write_transactions(1, 2)
+        received = consume(exchange, 4, timeout=30)
+    assert [str(message.properties.message_id) for message in received[2:]] == later
