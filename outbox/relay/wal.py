@@ -11,8 +11,9 @@ How a batch goes (docs/relay.md, "WAL relay"):
 3. confirmed rows are marked published (one UPDATE), refused ones get the polling relay's
    retry accounting (the sweep sends them again when due), and rows a broker outage left
    unanswered are sent again, with backoff, until RabbitMQ confirms them;
-4. only then does the handler return, and Debezium store its offset (in the table
-   ``outbox_wal_offsets``) and confirm the position to the replication slot.
+4. only then does the handler return; Debezium stores the offsets of the batches handed back
+   (in the table ``outbox_wal_offsets``, at most once a second) and confirms the position to
+   the replication slot.
 
 A crash anywhere before step 4 makes the next relay read the batch again from the last
 stored offset and re-publish it with the same ``message_id``s: at least once, never ahead of
@@ -285,7 +286,6 @@ class WalRelay:
         self._stopping.clear()
         properties = source_properties(self.using, slot=self.slot, publication=self.publication)
         properties["heartbeat.interval.ms"] = str(int(_HEARTBEAT_SECONDS * 1000))
-        properties["max.batch.size"] = str(self.settings.batch_size)
         engine = DebeziumEngine(properties, _handler(self), jvm_opts=_jvm_options())
         failed: list[BaseException] = []
 
@@ -387,8 +387,10 @@ class WalRelay:
                     rows.append(_claimed(event["after"]))
         try:
             self._publish(rows)
-        finally:
-            connections[self.using].close_if_unusable_or_obsolete()
+        except DatabaseError:
+            # Django reconnects on the next query once the broken connection is closed.
+            connections[self.using].close()
+            raise
         self.progress.batches += 1
         if heartbeat:
             self.progress.caught_up_at = time.monotonic()
