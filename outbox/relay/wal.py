@@ -49,6 +49,7 @@ from uuid import UUID
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from psycopg import sql
 
@@ -179,6 +180,9 @@ class WalRelay:
             name=f"{self.name}:sweep",
         )
         self.progress = _Progress()
+        # The Django connections of Debezium's threads (where the handler runs), closed by
+        # the control loop once the engine has stopped: those threads end without Django.
+        self._handler_connections: dict[int, BaseDatabaseWrapper] = {}
         self._stopping = threading.Event()
         # Set once the engine has been started (the JVM is up): for tests and the benchmark.
         self.streaming = threading.Event()
@@ -336,6 +340,7 @@ class WalRelay:
             while thread.is_alive():
                 engine.close()
                 thread.join(1.0)
+            self._close_handler_connections()
         if failed and not asked:
             logger.warning(
                 "WAL relay %s: Debezium stopped (%s); restarting",
@@ -344,6 +349,17 @@ class WalRelay:
                 extra={"event": "engine_error", "relay": self.name},
             )
         return asked
+
+    def _close_handler_connections(self) -> None:
+        connections_, self._handler_connections = self._handler_connections, {}
+        for wrapper in connections_.values():
+            wrapper.inc_thread_sharing()  # closed from this thread, not the one that opened it
+            try:
+                wrapper.close()
+            except DatabaseError:
+                pass  # broken already: nothing left to close
+            finally:
+                wrapper.dec_thread_sharing()
 
     def _sweep(self, *, catch_up: bool, should_stop: Callable[[], bool]) -> None:
         """Publish what the log never brings, with the polling relay's claim: everything
@@ -385,6 +401,8 @@ class WalRelay:
                 event = json.loads(str(value))
                 if event.get("op") in ("c", "r") and event.get("after"):
                     rows.append(_claimed(event["after"]))
+        wrapper = connections[self.using]
+        self._handler_connections[id(wrapper)] = wrapper
         try:
             self._publish(rows)
         except DatabaseError:
