@@ -3,6 +3,9 @@
 Exit status of ``--once`` (the first that applies): 4 the database cannot be used, 7 rows used
 up their attempts and are failed, 5 RabbitMQ could not be reached (unsent rows released,
 attempts unchanged), 6 rows were refused (unroutable, nack) and wait for a retry, 0 otherwise.
+
+``--source wal`` (or ``OUTBOX["RELAY_SOURCE"] = "wal"``) runs the WAL relay instead
+(``outbox.relay.wal``): Debezium reads committed rows from PostgreSQL's write-ahead log.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
+from outbox import conf
 from outbox.common.database import is_postgresql
 from outbox.management.base import (
     EXIT_BROKER_UNAVAILABLE,
@@ -48,8 +52,21 @@ class Command(OutboxCommand):
             help="publish everything ready now, print published/retried/failed/released"
             " counts, and exit (non-zero when rows were refused or failed)",
         )
+        parser.add_argument(
+            "--source",
+            choices=["poll", "wal"],
+            help='where committed rows are found: "poll" (claims on the outbox table) or'
+            ' "wal" (Debezium reads the write-ahead log; needs the wal extra and Java 17);'
+            ' default OUTBOX["RELAY_SOURCE"]',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        source = options["source"] or conf.get_str("RELAY_SOURCE")
+        if source == "wal":
+            if options["once"]:
+                raise CommandError("--once drains with the polling relay; drop --source wal")
+            self._run_wal()
+            return
         relay = Relay()
         if not is_postgresql(relay.using):
             logger.warning(
@@ -86,15 +103,24 @@ class Command(OutboxCommand):
             )
         self.say(summary)
 
+    def _run_wal(self) -> None:
+        from outbox.relay.wal import WalRelay, WalRelayUnavailable, require_wal_support
+
+        try:
+            require_wal_support()
+        except WalRelayUnavailable as error:
+            raise CommandError(str(error)) from error
+        relay = WalRelay()
+        stop = _stop_on_signals()
+        self.say(
+            f"outbox WAL relay {relay.name} running on slot {relay.slot!r};"
+            " SIGTERM or Ctrl-C stops it"
+        )
+        relay.run(stop.is_set)
+        self.say("outbox WAL relay stopped")
+
     def _run(self, relay: Relay) -> None:
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            # The batch in progress is finished (and settled) before the loop exits.
-            stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        stop = _stop_on_signals()
         self.say(f"outbox relay {relay.name} running; SIGTERM or Ctrl-C stops it")
         logger.info(
             "relay %s: from the database at %s to RabbitMQ at %s",
@@ -105,6 +131,19 @@ class Command(OutboxCommand):
         )
         relay.run(stop.is_set)
         self.say("outbox relay stopped")
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set on SIGTERM or SIGINT: the batch in progress is finished (and settled)
+    before the relay exits."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
 
 
 def _summary(result: DrainResult) -> str:

