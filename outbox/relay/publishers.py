@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import struct
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -105,6 +106,24 @@ class Publisher(abc.ABC):
     def collect(self, batch: SentBatch, *, confirm_timeout: float) -> PublishOutcome:
         """The outcome of ``batch``, waiting up to ``confirm_timeout`` seconds for it."""
         return self.publish_batch(batch.messages, confirm_timeout=confirm_timeout)
+
+    def answered(self, batch: SentBatch) -> bool:
+        """Whether ``collect(batch)`` would return without waiting (every answer is in, or
+        the connection failed). This default: always, as ``collect`` sends and waits itself."""
+        return True
+
+    def wait(self, seconds: float, woken: threading.Event) -> None:
+        """Serve the connection for up to ``seconds`` (heartbeats, the answers of batches in
+        flight), returning early once ``woken`` is set (see ``wake``) or a batch in flight
+        has all its answers. This default serves heartbeats, then waits for ``woken``."""
+        self.keepalive()
+        woken.wait(seconds)
+
+    def wake(self) -> None:
+        """Have a ``wait`` running in another thread return soon to look at its event; safe
+        from any thread. Whoever calls it has set that event first. This default does
+        nothing: its ``wait`` watches the event itself."""
+        return
 
     @abc.abstractmethod
     def publish_batch(
@@ -298,6 +317,32 @@ class RabbitMQPublisher(Publisher):
             self._connection.process_data_events(0)
         except (pika.exceptions.AMQPError, OSError) as error:
             self._fail(error)
+
+    def answered(self, batch: SentBatch) -> bool:
+        if not isinstance(batch, _InFlight):
+            raise TypeError(f"{batch!r} was not sent by this publisher")
+        return not batch.pending or batch.broker_error is not None
+
+    def wait(self, seconds: float, woken: threading.Event) -> None:
+        connection = self._connection
+        if connection is None:
+            woken.wait(seconds)
+            return
+        if woken.is_set():
+            seconds = 0  # still read what arrived, but do not block
+        try:
+            # Returns early on a batch fully answered (``_answer``) or on ``wake``: both
+            # queue a callback on the connection, which ends the wait.
+            connection.process_data_events(seconds)  # type: ignore[arg-type]  # stub: int
+        except (pika.exceptions.AMQPError, OSError) as error:
+            self._fail(error)
+
+    def wake(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            # Closed meanwhile by the publishing thread: its wait is over anyway.
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError, AttributeError):
+                connection.add_callback_threadsafe(_nothing)
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
