@@ -11,6 +11,7 @@ test suite (tests/relay/test_publisher_contract.py) runs against both.
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import struct
 import threading
@@ -362,6 +363,7 @@ class RabbitMQPublisher(Publisher):
             self._drop_connection()
             parameters = self._parameters or connection_parameters(client_name=self._client_name)
             self._connection = pika.BlockingConnection(parameters)
+            _coalesce_writes(self._connection)
         if self._channel is None or not self._channel.is_open:
             self._channel = self._start_confirming_channel(self._connection)
         return self._channel
@@ -536,6 +538,45 @@ class _EncodedProperties(pika.BasicProperties):
 
     def encode(self) -> list[bytes]:
         return self.encoded
+
+
+class _CoalescedWrites(collections.deque[bytes | bytearray]):
+    """pika's write buffer of one connection, where frames written one after the other are
+    joined into one chunk (up to ``_CHUNK_BYTES``).
+
+    pika buffers each frame it marshals (a method, a header and a body frame per message)
+    and sends every buffer with a ``send`` call of its own: three system calls per message,
+    about a third of the publishing thread's time over a backlog. Joined, a batch leaves in
+    a few calls, and the broker reads fewer, larger segments. pika only appends at the
+    tail, sends from the head and puts a partly sent remainder back at the head, all on the
+    connection's thread, so extending the tail keeps the bytes in order.
+    """
+
+    _CHUNK_BYTES = 128 * 1024
+
+    def append(self, data: bytes | bytearray) -> None:
+        if self:
+            tail = self[-1]
+            if len(tail) + len(data) <= self._CHUNK_BYTES:
+                if isinstance(tail, bytearray):
+                    tail += data
+                else:
+                    self[-1] = bytearray(tail) + data
+                return
+        super().append(data)
+
+
+def _coalesce_writes(connection: pika.BlockingConnection) -> None:
+    """Give ``connection``'s transport a ``_CoalescedWrites`` buffer (pika's private
+    ``_tx_buffers``; tests/packaging/test_pika_private_api.py pins that surface). Left as it
+    is when this pika does not have it: the writes are then only slower."""
+    transport = getattr(getattr(connection, "_impl", None), "_transport", None)
+    buffers = getattr(transport, "_tx_buffers", None)
+    if isinstance(buffers, collections.deque) and not isinstance(buffers, _CoalescedWrites):
+        coalesced = _CoalescedWrites()
+        for chunk in buffers:
+            coalesced.append(chunk)
+        transport._tx_buffers = coalesced  # type: ignore[union-attr]
 
 
 def _core(channel: BlockingChannel) -> pika.channel.Channel:
