@@ -512,8 +512,18 @@ def _properties(message: OutgoingMessage) -> pika.BasicProperties | str:
     They are encoded once here, before a byte of the message is written: a header value AMQP
     cannot carry (a float, an integer beyond 64 bits, a key over 255 bytes, from a row written
     around ``publish()``'s checks) would otherwise fail inside pika half-way through a batch
-    and look like a broker outage, stalling every row behind it.
+    and look like a broker outage, stalling every row behind it. The usual message (text,
+    integer, boolean and empty header values) is encoded by ``_encode_properties``; anything
+    else by pika.
     """
+    try:
+        encoded = _encode_properties(message)
+    except ValueError:  # text that is not UTF-8 encodable: pika says why below
+        encoded = None
+    if encoded is not None:
+        fast = _EncodedProperties.__new__(_EncodedProperties)
+        fast.encoded = [encoded]
+        return fast
     properties = _EncodedProperties(
         message_id=message.message_id,
         type=message.event_type,
@@ -527,6 +537,86 @@ def _properties(message: OutgoingMessage) -> pika.BasicProperties | str:
     except (pika.exceptions.AMQPError, struct.error, OverflowError, TypeError, ValueError) as error:
         return f"cannot be encoded as AMQP properties: {_describe(error)}"
     return properties
+
+
+# The properties the relay sets, as pika's BasicProperties.encode writes them: the flags of
+# content_type, headers, delivery_mode, message_id, timestamp and type, then those fields in
+# that order. tests/relay/test_properties_encoding.py compares with pika's encoder.
+_PROPERTY_FLAGS = struct.pack(
+    ">H",
+    pika.BasicProperties.FLAG_CONTENT_TYPE
+    | pika.BasicProperties.FLAG_HEADERS
+    | pika.BasicProperties.FLAG_DELIVERY_MODE
+    | pika.BasicProperties.FLAG_MESSAGE_ID
+    | pika.BasicProperties.FLAG_TIMESTAMP
+    | pika.BasicProperties.FLAG_TYPE,
+)
+_CONTENT_TYPE = bytes([len(wire.CONTENT_TYPE)]) + wire.CONTENT_TYPE.encode()
+_DELIVERY_MODE = struct.pack("B", wire.PERSISTENT)
+_LONG_STRING = struct.Struct(">cI").pack
+_INT32 = struct.Struct(">ci").pack
+_INT64 = struct.Struct(">cq").pack
+_UINT32 = struct.Struct(">I").pack
+_UINT64 = struct.Struct(">Q").pack
+
+
+def _encode_properties(message: OutgoingMessage) -> bytes | None:
+    """The encoded properties of ``message`` (what pika would write), or None when a value
+    is not one this encoder handles (pika then encodes it, or says why it cannot)."""
+    table = _encode_table(message.headers)
+    message_id = message.message_id.encode()
+    event_type = message.event_type.encode()
+    if table is None or len(message_id) > 255 or len(event_type) > 255:
+        return None
+    if not 0 <= message.timestamp < 2**64:
+        return None
+    return b"".join(
+        (
+            _PROPERTY_FLAGS,
+            _CONTENT_TYPE,
+            table,
+            _DELIVERY_MODE,
+            bytes([len(message_id)]),
+            message_id,
+            _UINT64(message.timestamp),
+            bytes([len(event_type)]),
+            event_type,
+        )
+    )
+
+
+def _encode_table(headers: dict[str, Any]) -> bytes | None:
+    """An AMQP field table of text, integer, boolean and None values, as pika encodes it
+    (text ``S``, booleans ``t``, integers ``I`` or, beyond 32 bits, ``l``, None ``V``)."""
+    pieces: list[bytes] = []
+    for key, value in headers.items():
+        if type(key) is not str:
+            return None
+        name = key.encode()
+        if len(name) > 255:
+            return None
+        pieces.append(bytes([len(name)]))
+        pieces.append(name)
+        kind = type(value)
+        if kind is str:
+            text = value.encode()
+            pieces.append(_LONG_STRING(b"S", len(text)))
+            pieces.append(text)
+        elif kind is int:
+            if -(2**31) <= value < 2**31:
+                pieces.append(_INT32(b"I", value))
+            elif -(2**63) <= value < 2**63:
+                pieces.append(_INT64(b"l", value))
+            else:
+                return None
+        elif kind is bool:
+            pieces.append(b"t\x01" if value else b"t\x00")
+        elif value is None:
+            pieces.append(b"V")
+        else:
+            return None
+    body = b"".join(pieces)
+    return _UINT32(len(body)) + body
 
 
 class _EncodedProperties(pika.BasicProperties):
