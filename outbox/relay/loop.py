@@ -673,6 +673,8 @@ class _Pipeline:
         self._settling: deque[Future[BatchResult]] = deque()
         # Called when a settle done on a thread finished (the worker's wait returns).
         self._on_settled: Callable[[], None] | None = None
+        self._settles_queued = 0
+        self._settles_done = 0
 
     def run(self, first: list[ClaimedMessage] | None = None) -> None:
         """Drain; ``first``: a batch claimed already (by the worker), to start with."""
@@ -735,7 +737,8 @@ class _Pipeline:
         batches still wait for their confirms, and their settles run on the settle thread
         (PostgreSQL), so neither delays the next rows. A claim made while batches of this
         relay were unsettled may have stepped over rows behind their leased heads (later
-        rows of the same keys): once everything is settled the worker claims once more.
+        rows of the same keys): once those batches are settled the worker claims once more
+        (``recheck_at``: the number of settles to wait for; settles finish in order).
         A full claim means a backlog: it is drained as ``drain`` does (``run``). Besides,
         the worker claims every POLL_INTERVAL_SECONDS (rows coming due, lost notifications).
         ``woken`` is set (and the publisher's wait interrupted) by notifications and by
@@ -751,7 +754,8 @@ class _Pipeline:
 
         self._on_settled = on_settled
         claim_due = True  # what committed before the worker started
-        recheck = False  # claim once nothing is unsettled: rows may wait behind our leases
+        # Claim again once this many settles are done: rows may wait behind our leases.
+        recheck_at: int | None = None
         poll_at = 0.0
         while self._healthy() and not self.stopping():
             woken.clear()
@@ -762,26 +766,35 @@ class _Pipeline:
                 claim_due = True
             self._count_settled(wait=False)
             now = time.monotonic()
-            if recheck and not self._in_flight and not self._settling:
-                claim_due, recheck = True, False
+            if recheck_at is not None and self._settles_done >= recheck_at:
+                claim_due, recheck_at = True, None
             if now >= poll_at:
                 claim_due = True
             if claim_due and len(self._in_flight) < _WORKER_IN_FLIGHT:
                 claim_due = False
                 poll_at = now + relay.settings.poll_interval
                 unsettled = bool(self._in_flight or self._settling)
+                # The settles of every batch unsettled now (they finish in order).
+                behind = self._settles_queued + len(self._in_flight)
                 claimed = self._result(self.database.run(relay._claim), [])
+                target: int | None = behind if unsettled else None
                 if not claimed:
-                    recheck = recheck and unsettled
+                    if not unsettled:
+                        recheck_at = None  # it saw every row; later commits notify
                 elif not self._healthy():
                     self._settle(claimed, None)
                 elif len(claimed) >= relay.settings.batch_size:
                     self.run(first=claimed)  # a backlog; it ends with everything settled
-                    recheck = False
+                    recheck_at = target = None
                 else:
                     self._send(claimed)
-                    if unsettled or not watcher.listening or not self._took_everything(claimed):
-                        recheck = True
+                    if not watcher.listening or not self._took_everything(claimed):
+                        # Rows of its own keys may be left: after its own settle too.
+                        target = self._settles_queued + len(self._in_flight)
+                    elif not unsettled:
+                        recheck_at = None
+                if target is not None:
+                    recheck_at = max(recheck_at or 0, target)
                 continue
             collected = False
             while self._in_flight and (
@@ -855,6 +868,7 @@ class _Pipeline:
         if self._on_settled is not None:
             settling.add_done_callback(lambda _done: self._call_on_settled())
         self._settling.append(settling)
+        self._settles_queued += 1
 
     def _call_on_settled(self) -> None:
         if self._on_settled is not None:
@@ -863,6 +877,7 @@ class _Pipeline:
     def _count_settled(self, *, wait: bool) -> None:
         while self._settling and (wait or self._settling[0].done()):
             self.totals = _add(self.totals, self._result(self._settling.popleft(), BatchResult()))
+            self._settles_done += 1
 
     def _result(self, future: Future[R], failed: R) -> R:
         """``future``'s result, or ``failed`` after a database error (kept to be raised

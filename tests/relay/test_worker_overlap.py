@@ -103,11 +103,12 @@ def test_the_worker_sends_new_commits_before_earlier_confirms_and_keeps_key_orde
         assert publisher.sent[1].headers["aggregate_id"] == "b"
         time.sleep(0.3)
         assert len(publisher.sent) == 2, "a's second row must wait for its first one's mark"
-        publisher.release()  # a:0 confirmed and marked, then the worker claims a:1
-        publisher.release()
+        publisher.release()  # a:0 confirmed and marked: the worker claims a:1 ...
         eventually(lambda: len(publisher.sent) == 3)
         assert publisher.sent[2].headers["aggregate_id"] == "a"
         assert publisher.sent[2].body == b'{"n": 1}'
+        assert not publisher.answered(publisher.batches[1]), "... before b:0 is answered"
+        publisher.release()
         publisher.release()
         eventually(
             lambda: OutboxMessage.objects.filter(status="published").count() == 3,
