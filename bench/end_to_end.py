@@ -382,6 +382,10 @@ def print_trace(directory: Path) -> None:
         )
 
     print("traced steps:")
+    for role in ("relay", "consumer"):
+        for _, cpu, handled in steps.get(f"cpu-{role}", []):
+            if handled:
+                print(f"  {role} process CPU per message: {cpu / handled * 1e6:.0f} us ({handled})")
     for step in ("claim", "send", "collect", "mark", "drain", "batch", "ack"):
         show(f"{step} (its own time)", [end - start for start, end, _ in steps.get(step, [])])
     show("rows per claim that found some", [n / 1000 for *_, n in steps.get("claim", []) if n])

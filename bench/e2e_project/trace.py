@@ -56,7 +56,17 @@ def install() -> None:
     _wrap(consumer_loop.ConsumerLoop, "run_batch", "batch", lambda r, a: len(a[1]))
     _wrap(consumer_loop.ConsumerLoop, "settle", "ack", lambda r, a: len(a[2]))
     path = Path(directory) / f"{os.getpid()}.trace"
-    atexit.register(lambda: path.write_text("".join(_lines)))
+    atexit.register(lambda: path.write_text("".join([*_lines, _cpu_line()])))
+
+
+def _cpu_line() -> str:
+    """``cpu-relay`` or ``cpu-consumer``: the process's CPU seconds (all threads) and the
+    messages it handled (confirmed by the broker, or processed in batches)."""
+    steps = [line.split() for line in _lines]
+    confirmed = sum(int(step[3]) for step in steps if step[0] == "collect")
+    processed = sum(int(step[3]) for step in steps if step[0] == "batch")
+    role, handled = ("relay", confirmed) if confirmed else ("consumer", processed)
+    return f"cpu-{role} 0 {time.process_time():.6f} {handled}\n"
 
 
 def _wrap(owner: type, name: str, step: str, count: Callable[[Any, tuple[Any, ...]], int]) -> None:
