@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from django.db import DatabaseError, connections
 from outbox.common.database import is_postgresql, outbox_alias
 
 __all__ = ["NOTIFY_CHANNEL", "NotificationWatcher", "ReadyListener"]
+
+logger = logging.getLogger("outbox.relay")
 
 # The channel the AFTER INSERT trigger of migration 0001_initial notifies.
 NOTIFY_CHANNEL = "outbox_message_ready"
@@ -142,8 +145,16 @@ class NotificationWatcher:
                 received = self._listener.wait(_WATCH_SLICE_SECONDS)
             except DatabaseError as error:
                 self.error = error
-                self._wake()
+                self._call_wake()
                 return
             if received:
                 self._pending.set()
-                self._wake()
+                self._call_wake()
+
+    def _call_wake(self) -> None:
+        # Whatever the wake-up raises (a connection closing under it), this thread must
+        # keep watching: the worker would otherwise fall back to polling without a word.
+        try:
+            self._wake()
+        except Exception:
+            logger.exception("the relay's notification watcher could not wake the worker")
