@@ -17,6 +17,7 @@ end. The summary compares with the targets of docs/performance.md and exits 1 on
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -92,6 +93,12 @@ def main() -> None:
         help="then raise the rate until p99 passes 100 ms (15 s per step)",
     )
     parser.add_argument("--quick", action="store_true", help="a 5 s smoke run at 100 tx/s")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time the relay's and the consumer's steps (bench/e2e_project/trace.py) and"
+        " print their medians",
+    )
     options = parser.parse_args()
     if options.quick:
         options.rate, options.seconds = 100.0, 5.0
@@ -99,6 +106,8 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     receipts = Path(tempfile.mkstemp(prefix="outbox-e2e-", suffix=".txt")[1])
     logs = Path(tempfile.mkdtemp(prefix="outbox-e2e-logs-"))
+    if options.trace:
+        os.environ["E2E_TRACE"] = tempfile.mkdtemp(prefix="outbox-e2e-trace-")
     load = os.getloadavg()[0]
     print(f"database {connection.settings_dict['NAME']}, exchange {EXCHANGE}, logs in {logs};")
     print(f"{os.cpu_count()} CPUs, load average {load:.1f} at start")
@@ -125,6 +134,8 @@ def main() -> None:
         stop_pipeline(processes)
         delete_queues()
         receipts.unlink()
+    if options.trace:
+        print_trace(Path(os.environ["E2E_TRACE"]))
     print()
     print(f"targets at {options.rate:.0f} tx/s: p50 <= 5 ms, p99 <= 25 ms, nothing lost:", end=" ")
     print("met" if not missed else "missed (" + "; ".join(missed) + ")")
@@ -347,6 +358,54 @@ def wait_for_receipts(
         if len(handled) >= len(committed) or time.monotonic() > deadline:
             return handled
         time.sleep(0.2)
+
+
+def print_trace(directory: Path) -> None:
+    """Medians (and 90th percentiles) of the traced steps, in milliseconds: each step's own
+    time, and the waits between steps that the latency pays."""
+    steps: dict[str, list[tuple[float, float, int]]] = {}
+    for path in directory.glob("*.trace"):
+        for line in path.read_text().splitlines():
+            step, started, ended, number = line.split()
+            steps.setdefault(step, []).append((float(started), float(ended), int(number)))
+    for values in steps.values():
+        values.sort()
+
+    def show(label: str, durations: list[float]) -> None:
+        if not durations:
+            return
+        ordered = sorted(durations)
+        p90 = ordered[int(0.9 * (len(ordered) - 1))]
+        print(
+            f"  {label:<44} median {statistics.median(ordered) * 1000:7.2f} ms,"
+            f" p90 {p90 * 1000:7.2f} ms ({len(ordered)})"
+        )
+
+    print("traced steps:")
+    for role in ("relay", "consumer"):
+        for _, cpu, handled in steps.get(f"cpu-{role}", []):
+            if handled:
+                print(f"  {role} process CPU per message: {cpu / handled * 1e6:.0f} us ({handled})")
+    for step in ("claim", "send", "collect", "mark", "drain", "batch", "ack"):
+        show(f"{step} (its own time)", [end - start for start, end, _ in steps.get(step, [])])
+    show("rows per claim that found some", [n / 1000 for *_, n in steps.get("claim", []) if n])
+    drains = steps.get("drain", [])
+    wakes = [end for _, end, woken in steps.get("listen", []) if woken]
+    show(
+        "notification received -> drain started",
+        [start - wake for wake in wakes for start in _next_after(drains, wake)],
+    )
+    batches = steps.get("batch", [])
+    show(
+        "delivery -> its batch started",
+        [start - at for at, _, _ in steps.get("deliver", []) for start in _next_after(batches, at)],
+    )
+
+
+def _next_after(steps: list[tuple[float, float, int]], moment: float) -> list[float]:
+    """The start of the first of ``steps`` (sorted) that starts at or after ``moment``."""
+    index = bisect.bisect_left(steps, (moment,))
+    return [steps[index][0]] if index < len(steps) else []
 
 
 def median_ms(seconds: Iterable[float]) -> float:

@@ -54,6 +54,13 @@ def main() -> None:
     )
     parser.add_argument("--throughput-only", action="store_true", help="only the throughput phases")
     parser.add_argument("--rounds", type=int, help="throughput rounds (default 3, 1 --quick)")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="only the relay's CPU time per message in a steady drain, with the publishing"
+        " thread's three savings on and then each off (alternating rounds)",
+    )
+    parser.add_argument("--write-only", action="store_true", help="only the write overhead")
     options = parser.parse_args()
     logging.getLogger("outbox").setLevel(logging.WARNING)
     settings.DEBUG = False  # as in production; see child_environment()
@@ -69,6 +76,15 @@ def main() -> None:
     queue = declare_queue()
     print(f"database {connection.settings_dict['NAME']}, exchange {EXCHANGE}; {cpu_note()}")
     try:
+        if options.cpu:
+            cpu_per_message(20_000 if not options.quick else 5_000, queue, options.rounds or 3)
+            return
+        if options.write_only:
+            empty_outbox()
+            with kick_on_commit(False):
+                ratio = write_overhead(overhead_transactions)
+            print(f"write overhead of publish():        {ratio:8.2f}x")
+            return
         if not options.kick_only:
             throughput(rows, queue, rounds=options.rounds or (1 if options.quick else 3))
         if options.throughput_only:
@@ -128,6 +144,42 @@ def throughput(rows: int, queue: str, rounds: int) -> None:
     )
     task = celery_task_rate(rows, queue)
     print(f"relay, Celery task path:            {task:8.0f} msg/s  ({task / raw:.2f}x raw)")
+
+
+def cpu_per_message(count: int, queue: str, rounds: int) -> None:
+    """CPU time of this process (all its threads) per message over a steady drain of
+    ``count`` rows, with raw pika's rate of the same round for scale: the current relay, then
+    the same with one saving off (private switches of outbox.relay.publishers and the
+    ``PREPARED_INSERT`` setting), so each one's share shows in one run whatever the load."""
+    from outbox.relay import publishers
+
+    coalesce, encode = publishers._coalesce_writes, publishers._encode_properties
+    variants = {
+        "current": {},
+        "pika's frame writes": {"coalesce": False},
+        "pika's property encoder": {"encode": False},
+        "claim not prepared": {"prepared": False},
+        "all three off": {"coalesce": False, "encode": False, "prepared": False},
+    }
+    for round_ in range(rounds):
+        line = [f"round {round_ + 1}: raw {raw_pika_rate(count, queue):.0f} msg/s"]
+        for name, off in variants.items():
+            publishers._coalesce_writes = coalesce if off.get("coalesce", True) else _no_coalescing
+            publishers._encode_properties = encode if off.get("encode", True) else _no_encoder
+            prepared = off.get("prepared", True)
+            with override_settings(OUTBOX={**settings.OUTBOX, "PREPARED_INSERT": prepared}):
+                rate, cpu = relay_rate(count, queue, cpu=True)
+            line.append(f"{name} {rate:.0f} msg/s, {cpu * 1e6:.0f} us CPU/msg")
+        print("; ".join(line), flush=True)
+    publishers._coalesce_writes, publishers._encode_properties = coalesce, encode
+
+
+def _no_coalescing(connection: Any) -> None:
+    pass
+
+
+def _no_encoder(message: Any) -> None:
+    return None
 
 
 @contextmanager
@@ -249,20 +301,21 @@ def empty_outbox() -> None:
         cursor.execute("TRUNCATE outbox_message")
 
 
-def relay_rate(count: int, queue: str) -> float:
+def relay_rate(count: int, queue: str, *, cpu: bool = False) -> Any:
     """``Relay().drain()`` over ``count`` rows, timed once its connections are open (a
-    warm-up batch went first): the steady state of a running relay."""
+    warm-up batch went first): the steady state of a running relay. With ``cpu``: the rate
+    and this process's CPU seconds per message."""
     fill_outbox(WARM_UP)
     relay = Relay()
     assert relay.drain().published == WARM_UP
     fill_outbox(count)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = relay.drain()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     relay.close()
     assert result.published == count, result
     purge(queue)
-    return count / elapsed
+    return (count / elapsed, cpu_seconds / count) if cpu else count / elapsed
 
 
 def fresh_relay_rate(count: int, queue: str) -> float:

@@ -1,8 +1,12 @@
-"""``ReadyListener``: wakes the relay when outbox rows commit (PostgreSQL LISTEN/NOTIFY)."""
+"""``ReadyListener``: wakes the relay when outbox rows commit (PostgreSQL LISTEN/NOTIFY);
+``NotificationWatcher``: the same on a thread of its own, for the long-running worker."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -10,10 +14,14 @@ from django.db import DatabaseError, connections
 
 from outbox.common.database import is_postgresql, outbox_alias
 
-__all__ = ["NOTIFY_CHANNEL", "ReadyListener"]
+__all__ = ["NOTIFY_CHANNEL", "NotificationWatcher", "ReadyListener"]
+
+logger = logging.getLogger("outbox.relay")
 
 # The channel the AFTER INSERT trigger of migration 0001_initial notifies.
 NOTIFY_CHANNEL = "outbox_message_ready"
+# How long the watcher's thread blocks on its connection before looking at its stop flag.
+_WATCH_SLICE_SECONDS = 0.25
 
 
 class ReadyListener:
@@ -74,3 +82,79 @@ class ReadyListener:
             connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self._connection = connection
         return self._connection
+
+
+class NotificationWatcher:
+    """A ``ReadyListener`` read by a thread of its own, so that the worker can wait for the
+    broker's confirms and for committed rows at the same time: each notification (or the
+    loss of the connection) sets ``pending`` (or ``error``) and calls ``wake``, which
+    interrupts the worker's wait. Without PostgreSQL there is nothing to watch: no thread
+    runs and ``listening`` is False (the worker polls).
+    """
+
+    def __init__(self, using: str | None, wake: Callable[[], None]) -> None:
+        self._listener = ReadyListener(using)
+        self._wake = wake
+        self._pending = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: DatabaseError | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether a commit from now on sets ``pending`` (the thread runs and listens)."""
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self.error is None
+            and self._listener.listening
+        )
+
+    def start(self) -> None:
+        """LISTEN (in the caller's thread: a connection error raises ``DatabaseError`` here),
+        then watch on the thread; a no-op while it runs."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self.error = None
+        if self._listener.wait(0):  # connects and LISTENs; what is queued already counts
+            self._pending.set()
+        if not self._listener.listening:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="outbox-relay-listen", daemon=True)
+        self._thread.start()
+
+    def take(self) -> bool:
+        """Whether rows committed since the last call (notifications or the first LISTEN)."""
+        if self._pending.is_set():
+            self._pending.clear()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Stop the thread and close the connection (``start`` opens a new one)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._listener.close()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                received = self._listener.wait(_WATCH_SLICE_SECONDS)
+            except DatabaseError as error:
+                self.error = error
+                self._call_wake()
+                return
+            if received:
+                self._pending.set()
+                self._call_wake()
+
+    def _call_wake(self) -> None:
+        # Whatever the wake-up raises (a connection closing under it), this thread must
+        # keep watching: the worker would otherwise fall back to polling without a word.
+        try:
+            self._wake()
+        except Exception:
+            logger.exception("the relay's notification watcher could not wake the worker")

@@ -19,11 +19,11 @@ the database answers again, before it claims anything. docs/relay.md has the who
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -42,7 +42,7 @@ from outbox.broker import broker_address
 from outbox.common.database import is_postgresql, outbox_alias
 from outbox.common.words import count
 from outbox.operations import metrics
-from outbox.relay.listener import ReadyListener
+from outbox.relay.listener import NotificationWatcher
 from outbox.relay.outgoing import outgoing_message as _outgoing
 from outbox.relay.publishers import (
     Publisher,
@@ -70,6 +70,8 @@ R = TypeVar("R")
 
 # How often a sleeping worker checks whether it was asked to stop.
 _STOP_CHECK_SECONDS = 0.25
+# Batches the worker keeps in flight before it waits for the oldest one's answers.
+_WORKER_IN_FLIGHT = 16
 # Cap on the wait between two attempts to reach a database that stopped answering. A refused
 # connection costs next to nothing, and every second of wait after the database is back adds
 # to the outage: an outage of N seconds then costs at most about N + 2 seconds.
@@ -430,58 +432,61 @@ class Relay:
         return self._executors
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        """The long-running worker: drain, then sleep until rows commit, until stopped.
+        """The long-running worker: publish rows as they commit, until stopped.
 
         It wakes on the LISTEN/NOTIFY signal of committed rows (PostgreSQL only; elsewhere it
         just polls) and at least every POLL_INTERVAL_SECONDS (so a lost notification, or a
-        retry coming due, waits at most that long). An unreachable broker or database is
-        retried with a capped exponential backoff; neither uses up the rows' attempts.
+        retry coming due, waits at most that long). A notification is served at once, even
+        while earlier batches wait for their confirms or their marks (``_Pipeline.work``);
+        a backlog is drained as by ``drain``. An unreachable broker or database is retried
+        with a capped exponential backoff; neither uses up the rows' attempts.
         """
-        listener = ReadyListener(self.using)
+        woken = threading.Event()
+
+        def wake() -> None:
+            woken.set()
+            self.publisher.wake()
+
+        watcher = NotificationWatcher(self.using, wake)
         failures = 0
         try:
             while not should_stop():
+                pipeline: _Pipeline | None = None
                 try:
-                    # LISTEN first: a commit during the drain then wakes the next wait.
-                    with contextlib.suppress(DatabaseError):
-                        listener.wait(0)
-                    result = self._drain(None, should_stop, notified=listener.listening)
+                    watcher.start()  # LISTEN first: a commit from now on wakes the worker
+                    self._record_leftovers()
+                    refuse_inside_atomic(self.using)
+                    database = _Database(self)
+                    try:
+                        pipeline = _Pipeline(
+                            self, database, should_stop, notified=watcher.listening
+                        )
+                        pipeline.work(watcher, woken)
+                    finally:
+                        database.close()
                 except DatabaseError as error:
-                    failures += 1
+                    # A worker that published before it lost the database starts over at
+                    # the shortest backoff.
+                    progressed = pipeline is not None and pipeline.totals.published > 0
+                    failures = 1 if progressed else failures + 1
                     self._database_lost(error, failures)
+                    watcher.close()
                     self._pause(self._database_backoff(failures), should_stop)
                     continue
-                if result.broker_error is not None:
-                    failures += 1
+                assert pipeline is not None  # set once the work ran without a database error
+                if pipeline.broker_error is not None:
+                    failures = 1 if pipeline.totals.published else failures + 1
                     delay = self._backoff(failures)
                     logger.warning(
                         "RabbitMQ at %s unavailable (%s); retrying in %.1fs",
                         broker_address(),
-                        result.broker_error,
+                        pipeline.broker_error,
                         delay,
                         extra={"event": "backoff", "relay": self.name, "delay": delay},
                     )
                     self._pause(delay, should_stop)
-                    continue
-                failures = 0
-                try:
-                    self._wait_for_work(listener, should_stop)
-                except DatabaseError as error:
-                    failures += 1
-                    self._database_lost(error, failures)
-                    self._pause(self._database_backoff(failures), should_stop)
         finally:
-            listener.close()
-
-    def _wait_for_work(self, listener: ReadyListener, should_stop: Callable[[], bool]) -> None:
-        """Return on a notification, after the poll interval, or soon after a stop request
-        (the wait is sliced so that SIGTERM is honoured within a fraction of a second)."""
-        deadline = time.monotonic() + self.settings.poll_interval
-        while not should_stop():
-            self.publisher.keepalive()  # answer RabbitMQ's heartbeats while idle
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or listener.wait(min(remaining, _STOP_CHECK_SECONDS)):
-                return
+            watcher.close()
 
     def close(self) -> None:
         """Close the broker connection and stop the database thread."""
@@ -600,6 +605,12 @@ class _Database:
         self._claims, self._settles = self._relay._database_threads()
         self.run(_use_connection, alias, self._wrapper)
 
+    def settle_on_thread(self) -> None:
+        """From now on, run the settles on the relay's settle thread (PostgreSQL only), and
+        the claims inline still: the worker's marks then never delay its next claim."""
+        if self._settles is None and is_postgresql(self._relay.using):
+            self._settles = self._relay._database_threads()[1]
+
     def close(self) -> None:
         """Wait for everything submitted; the caller has its connection back."""
         if self._settles is not None:
@@ -657,13 +668,25 @@ class _Pipeline:
         self.batches = 0
         self.broker_error: str | None = None
         self.database_error: DatabaseError | None = None
-        self._in_flight: deque[tuple[list[ClaimedMessage], SentBatch]] = deque()
+        # Each batch sent and not collected yet, with the time its confirms are due by.
+        self._in_flight: deque[tuple[list[ClaimedMessage], SentBatch, float]] = deque()
         self._settling: deque[Future[BatchResult]] = deque()
+        # Called when a settle done on a thread finished (the worker's wait returns).
+        self._on_settled: Callable[[], None] | None = None
+        self._settles_queued = 0
+        self._settles_done = 0
 
-    def run(self) -> None:
+    def run(self, first: list[ClaimedMessage] | None = None) -> None:
+        """Drain; ``first``: a batch claimed already (by the worker), to start with."""
         relay = self.relay
-        claim: Future[list[ClaimedMessage]] | None = self.database.run(relay._claim)
-        after_settles = True  # the pending claim was queued after every settle
+        claim: Future[list[ClaimedMessage]] | None
+        if first is None:
+            claim = self.database.run(relay._claim)
+        else:
+            claim = Future()
+            claim.set_result(first)
+        # The pending claim was queued after every settle.
+        after_settles = first is None
         ended = False
         while not ended:
             claimed: list[ClaimedMessage] = []
@@ -675,9 +698,7 @@ class _Pipeline:
             if full:
                 self.database.go_parallel()  # a backlog: overlap the database work
             if claimed and self._healthy():
-                sent = relay.publisher.send_batch([_outgoing(message) for message in claimed])
-                self._in_flight.append((claimed, sent))
-                self.batches += 1
+                self._send(claimed)
                 # A claim that was not full took every row publishable when it ran: the
                 # next one has to wait for this batch's settle to find more.
                 if full and not self.stopping():
@@ -708,6 +729,94 @@ class _Pipeline:
         if self.database_error is not None:
             raise self.database_error
 
+    def work(self, watcher: NotificationWatcher, woken: threading.Event) -> None:
+        """The long-running worker (``Relay.run``): claim and send as soon as rows commit,
+        whatever is still in flight, until stopped, the broker fails or the database does.
+
+        A notification (``watcher``) is served at once: the claim runs while earlier
+        batches still wait for their confirms, and their settles run on the settle thread
+        (PostgreSQL), so neither delays the next rows. A claim made while batches of this
+        relay were unsettled may have stepped over rows behind their leased heads (later
+        rows of the same keys): once those batches are settled the worker claims once more
+        (``recheck_at``: the number of settles to wait for; settles finish in order).
+        A full claim means a backlog: it is drained as ``drain`` does (``run``). Besides,
+        the worker claims every POLL_INTERVAL_SECONDS (rows coming due, lost notifications).
+        ``woken`` is set (and the publisher's wait interrupted) by notifications and by
+        settles that finished on the thread.
+        """
+        relay = self.relay
+        publisher = relay.publisher
+        self.database.settle_on_thread()
+
+        def on_settled() -> None:
+            woken.set()
+            publisher.wake()
+
+        self._on_settled = on_settled
+        claim_due = True  # what committed before the worker started
+        # Claim again once this many settles are done: rows may wait behind our leases.
+        recheck_at: int | None = None
+        poll_at = 0.0
+        while self._healthy() and not self.stopping():
+            woken.clear()
+            if watcher.error is not None:
+                self.database_error = watcher.error
+                break
+            if watcher.take():
+                claim_due = True
+            self._count_settled(wait=False)
+            now = time.monotonic()
+            if recheck_at is not None and self._settles_done >= recheck_at:
+                claim_due, recheck_at = True, None
+            if now >= poll_at:
+                claim_due = True
+            if claim_due and len(self._in_flight) < _WORKER_IN_FLIGHT:
+                claim_due = False
+                poll_at = now + relay.settings.poll_interval
+                unsettled = bool(self._in_flight or self._settling)
+                # The settles of every batch unsettled now (they finish in order).
+                behind = self._settles_queued + len(self._in_flight)
+                claimed = self._result(self.database.run(relay._claim), [])
+                target: int | None = behind if unsettled else None
+                if not claimed:
+                    if not unsettled:
+                        recheck_at = None  # it saw every row; later commits notify
+                elif not self._healthy():
+                    self._settle(claimed, None)
+                elif len(claimed) >= relay.settings.batch_size:
+                    self.run(first=claimed)  # a backlog; it ends with everything settled
+                    recheck_at = target = None
+                else:
+                    self._send(claimed)
+                    if not watcher.listening or not self._took_everything(claimed):
+                        # Rows of its own keys may be left: after its own settle too.
+                        target = self._settles_queued + len(self._in_flight)
+                    elif not unsettled:
+                        recheck_at = None
+                if target is not None:
+                    recheck_at = max(recheck_at or 0, target)
+                continue
+            collected = False
+            while self._in_flight and (
+                publisher.answered(self._in_flight[0][1])
+                or self._in_flight[0][2] <= now
+                or len(self._in_flight) >= _WORKER_IN_FLIGHT
+            ):
+                self._collect()
+                collected = True
+            if collected:
+                continue
+            wait = min(poll_at - now, _STOP_CHECK_SECONDS)
+            if self._in_flight:
+                wait = min(wait, self._in_flight[0][2] - now)
+            publisher.wait(max(0.0, wait), woken)
+        while self._in_flight:
+            self._collect()
+        self._count_settled(wait=True)
+        self._on_settled = None
+        if self.database_error is not None:
+            raise self.database_error
+
     def _healthy(self) -> bool:
         return self.broker_error is None and self.database_error is None
 
@@ -720,7 +829,12 @@ class _Pipeline:
         (the claim a Celery run ends on is not skipped: it proves the outbox drained). Rows
         not due yet, or behind a head another relay holds, wait for the poll as always.
         """
-        if not self.notified or len(claimed) >= self.relay.settings.batch_size:
+        return self.notified and self._took_everything(claimed)
+
+    def _took_everything(self, claimed: list[ClaimedMessage]) -> bool:
+        """Whether ``claimed``, claimed with nothing of this relay's in flight, took every
+        publishable row: it was not full and cut no key's run at the per-key cap."""
+        if len(claimed) >= self.relay.settings.batch_size:
             return False
         cap = getattr(self.relay.store, "max_per_key", None) or self.relay.settings.batch_size
         per_key = Counter(
@@ -730,10 +844,16 @@ class _Pipeline:
         )
         return not per_key or max(per_key.values()) < cap
 
+    def _send(self, claimed: list[ClaimedMessage]) -> None:
+        sent = self.relay.publisher.send_batch([_outgoing(message) for message in claimed])
+        deadline = time.monotonic() + self.relay.settings.confirm_timeout
+        self._in_flight.append((claimed, sent, deadline))
+        self.batches += 1
+
     def _collect(self) -> None:
-        claimed, sent = self._in_flight.popleft()
+        claimed, sent, deadline = self._in_flight.popleft()
         outcome = self.relay.publisher.collect(
-            sent, confirm_timeout=self.relay.settings.confirm_timeout
+            sent, confirm_timeout=max(0.0, deadline - time.monotonic())
         )
         if outcome.broker_error is not None and self.broker_error is None:
             self.broker_error = outcome.broker_error
@@ -742,13 +862,22 @@ class _Pipeline:
     def _settle(self, claimed: list[ClaimedMessage], outcome: PublishOutcome | None) -> None:
         """Queue the settle of a batch (``None``: never sent, to be given back)."""
         if outcome is None:
-            self._settling.append(self.database.settle(self.relay._give_back, claimed))
+            settling = self.database.settle(self.relay._give_back, claimed)
         else:
-            self._settling.append(self.database.settle(self.relay._settle, claimed, outcome))
+            settling = self.database.settle(self.relay._settle, claimed, outcome)
+        if self._on_settled is not None:
+            settling.add_done_callback(lambda _done: self._call_on_settled())
+        self._settling.append(settling)
+        self._settles_queued += 1
+
+    def _call_on_settled(self) -> None:
+        if self._on_settled is not None:
+            self._on_settled()
 
     def _count_settled(self, *, wait: bool) -> None:
         while self._settling and (wait or self._settling[0].done()):
             self.totals = _add(self.totals, self._result(self._settling.popleft(), BatchResult()))
+            self._settles_done += 1
 
     def _result(self, future: Future[R], failed: R) -> R:
         """``future``'s result, or ``failed`` after a database error (kept to be raised

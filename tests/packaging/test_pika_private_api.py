@@ -36,3 +36,19 @@ def test_async_channel_methods_keep_the_signatures_the_publisher_calls() -> None
 
 def test_installed_pika_is_within_the_pinned_major_version() -> None:
     assert version("pika").split(".")[0] == "1"
+
+
+def test_the_transport_keeps_a_deque_write_buffer_the_publisher_can_replace() -> None:
+    from outbox.relay.publishers import _coalesce_writes, _CoalescedWrites
+
+    connection = connect()
+    try:
+        transport = getattr(connection, "_impl")._transport  # noqa: B009 - under test
+        assert type(transport._tx_buffers).__name__ == "deque"
+        _coalesce_writes(connection)
+        assert isinstance(transport._tx_buffers, _CoalescedWrites)
+        # The connection still works through the replaced buffer.
+        channel = connection.channel()
+        channel.queue_declare("", exclusive=True)
+    finally:
+        connection.close()
