@@ -128,6 +128,13 @@ def test_the_wal_relay_waits_out_a_rabbitmq_outage_and_resumes_by_itself(
         with running(wal_relay(wal_slot), wal_slot) as relay:
             written = write_transactions(5, 3)
             consume(exchange, len(written))
+            # Delivered is not yet confirmed: cut only once the relay has its confirms, so
+            # what it holds during the cut is exactly what was written after.
+            wait_for(
+                lambda: relay.progress.published == len(written),
+                30,
+                "the confirms of the first rows",
+            )
             proxy.cut()
             during = write_transactions(5, 3)
             time.sleep(1.5)  # the relay tries, fails, backs off
