@@ -14,9 +14,12 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TextIO
 
 import pika.exceptions
@@ -25,7 +28,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import InterfaceError, OperationalError, connections
 
 from outbox.broker import broker_address
-from outbox.common.database import outbox_alias
+from outbox.common.database import is_postgresql, outbox_alias
 from outbox.common.words import count
 
 __all__ = [
@@ -38,6 +41,8 @@ __all__ = [
     "database_address",
     "database_error_reason",
     "database_unavailable_message",
+    "stop_on_signals",
+    "warn_unless_postgresql",
 ]
 
 # Shared by every command, and by outbox_status's health-check bits (1 and 2 are its own).
@@ -85,6 +90,33 @@ class OutboxCommand(BaseCommand):
         if self.verbosity >= verbosity:
             self.stdout.write(message)
             self.stdout.flush()
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set on SIGTERM or SIGINT. The long-running commands' loops finish the work
+    in hand (a batch, a job) and settle it before they exit."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def warn_unless_postgresql(
+    logger: logging.Logger, table: str, consequence: str, alias: str | None = None, **extra: Any
+) -> None:
+    """Warn that ``table`` is not on PostgreSQL, so ``consequence`` (no ``SKIP LOCKED``: one
+    process only); fine for development only."""
+    if not is_postgresql(alias):
+        logger.warning(
+            "%s is not on PostgreSQL: %s; fine for development only",
+            table,
+            consequence,
+            extra={"event": "not_postgresql", **extra},
+        )
 
 
 def add_noinput_argument(parser: CommandParser, *, what: str) -> None:

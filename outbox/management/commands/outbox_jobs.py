@@ -8,19 +8,20 @@ failed, 6 jobs failed and wait for a retry, 0 otherwise.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from argparse import ArgumentParser
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
 
 from outbox import conf
-from outbox.common.database import is_postgresql
 from outbox.jobs.runner import run_due_jobs
-from outbox.management.base import OutboxCommand, database_address
+from outbox.management.base import (
+    OutboxCommand,
+    database_address,
+    stop_on_signals,
+    warn_unless_postgresql,
+)
 
 logger = logging.getLogger("outbox.jobs")
 
@@ -45,12 +46,11 @@ class Command(OutboxCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not is_postgresql():
-            logger.warning(
-                "the job table is not on PostgreSQL: no SKIP LOCKED, so this must be the only"
-                " job runner (no run_jobs Celery task either); fine for development only",
-                extra={"event": "not_postgresql"},
-            )
+        warn_unless_postgresql(
+            logger,
+            "the job table",
+            "no SKIP LOCKED, so this must be the only job runner (no run_jobs Celery task either)",
+        )
         if options["once"]:
             self._once()
         else:
@@ -71,14 +71,7 @@ class Command(OutboxCommand):
         self.say(str(result))
 
     def _run(self) -> None:
-        stop = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            # The job being run is finished (and recorded) before the loop exits.
-            stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        stop = stop_on_signals()  # the job being run is finished and recorded first
         self.say(f"outbox jobs runner on {database_address()}; SIGTERM or Ctrl-C stops it")
         failures = 0
         while not stop.is_set():

@@ -11,21 +11,19 @@ attempts unchanged), 6 rows were refused (unroutable, nack) and wait for a retry
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from argparse import ArgumentParser
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import CommandError
 
 from outbox import conf
-from outbox.common.database import is_postgresql
 from outbox.management.base import (
     EXIT_BROKER_UNAVAILABLE,
     OutboxCommand,
     broker_address,
     database_address,
+    stop_on_signals,
+    warn_unless_postgresql,
 )
 from outbox.relay import Relay
 from outbox.relay.loop import DrainResult
@@ -68,12 +66,14 @@ class Command(OutboxCommand):
             self._run_wal()
             return
         relay = Relay()
-        if not is_postgresql(relay.using):
-            logger.warning(
-                "the outbox is not on PostgreSQL: this relay polls every POLL_INTERVAL_SECONDS"
-                " and must be the only one running (no SKIP LOCKED); fine for development only",
-                extra={"event": "not_postgresql", "relay": relay.name},
-            )
+        warn_unless_postgresql(
+            logger,
+            "the outbox",
+            "this relay polls every POLL_INTERVAL_SECONDS and must be the only one running"
+            " (no SKIP LOCKED)",
+            relay.using,
+            relay=relay.name,
+        )
         try:
             if options["once"]:
                 self._once(relay)
@@ -111,7 +111,7 @@ class Command(OutboxCommand):
         except WalRelayUnavailable as error:
             raise CommandError(str(error)) from error
         relay = WalRelay()
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
         self.say(
             f"outbox WAL relay {relay.name} running on slot {relay.slot!r};"
             " SIGTERM or Ctrl-C stops it"
@@ -120,7 +120,7 @@ class Command(OutboxCommand):
         self.say("outbox WAL relay stopped")
 
     def _run(self, relay: Relay) -> None:
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
         self.say(f"outbox relay {relay.name} running; SIGTERM or Ctrl-C stops it")
         logger.info(
             "relay %s: from the database at %s to RabbitMQ at %s",
@@ -131,19 +131,6 @@ class Command(OutboxCommand):
         )
         relay.run(stop.is_set)
         self.say("outbox relay stopped")
-
-
-def _stop_on_signals() -> threading.Event:
-    """An event set on SIGTERM or SIGINT: the batch in progress is finished (and settled)
-    before the relay exits."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
 
 
 def _summary(result: DrainResult) -> str:
