@@ -57,13 +57,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--rounds", type=int, help="throughput rounds (default 2, 1 --quick)")
+    parser.add_argument(
+        "--latency-only", action="store_true", help="the latency measurement only, no backlog"
+    )
+    parser.add_argument(
+        "--per-second",
+        action="store_true",
+        help="also print each second's latency (p50 and max, by commit time)",
+    )
     options = parser.parse_args()
     logging.getLogger("outbox").setLevel(logging.WARNING)
     settings.DEBUG = False
     settings.OUTBOX = {**settings.OUTBOX, "KICK_ON_COMMIT": False}
     rows = 5_000 if options.quick else 50_000
     seconds = 5 if options.quick else 20
-    rounds = options.rounds or (1 if options.quick else 2)
+    rounds = 0 if options.latency_only else options.rounds or (1 if options.quick else 2)
 
     subprocess.run([PYTHON, "scripts/create_database.py"], cwd=REPO_ROOT, check=True)
     call_command("migrate", verbosity=0)
@@ -79,13 +87,20 @@ def main() -> None:
                     f"round {round_ + 1}, {source:7}: {with_start:7.0f} msg/s with start,"
                     f" {steady:7.0f} msg/s steady, PostgreSQL CPU {cpu:.2f} s / 10k messages"
                 )
-        latencies = {source: latency(source, seconds, queue) for source in ("polling", "wal")}
+        latencies = {
+            source: latency(source, seconds, queue, per_second=options.per_second)
+            for source in ("polling", "wal")
+        }
         for source, cuts in latencies.items():
             print(f"latency at 200 tx/s, {source:7}: {format_latency(cuts)}")
     finally:
         drop_slot()
         delete_queue(queue)
     print()
+    p99 = f"WAL p99 <= polling p99 ({latencies['wal'][2]:.1f} vs {latencies['polling'][2]:.1f} ms)"
+    if not rounds:
+        print(f"target: {p99}")
+        return
     medians = {
         source: tuple(statistics.median(run[i] for run in runs) for i in range(3))
         for source, runs in results.items()
@@ -97,7 +112,7 @@ def main() -> None:
         )
     print(
         f"targets: WAL steady >= polling ({medians['wal'][1]:.0f} vs {medians['polling'][1]:.0f}),"
-        f" WAL p99 <= polling p99 ({latencies['wal'][2]:.1f} vs {latencies['polling'][2]:.1f} ms)"
+        f" {p99}"
     )
 
 
@@ -258,9 +273,12 @@ def table_exists(name: str) -> bool:
 # -- latency -------------------------------------------------------------------------------
 
 
-def latency(source: str, seconds: int, queue: str) -> tuple[float, float, float]:
+def latency(
+    source: str, seconds: int, queue: str, *, per_second: bool = False
+) -> tuple[float, float, float]:
     """Commit-to-receipt latency at 200 transactions/s (one order and one outbox row each),
-    with a running relay process; p50, p95, p99 in milliseconds."""
+    with a running relay process; p50, p95, p99 in milliseconds. ``per_second``: also print
+    the p50 and maximum of each second's rows (by commit time), which shows stalls."""
     empty_outbox()
     fresh_slot(source)
     purge(queue)
@@ -296,8 +314,23 @@ def latency(source: str, seconds: int, queue: str) -> tuple[float, float, float]
     if missing:
         raise RuntimeError(f"{missing} of {len(committed)} messages did not arrive")
     delays = sorted((received[key] - committed[key]) * 1000 for key in committed)
+    if per_second:
+        print_per_second(source, committed, received)
     cuts = statistics.quantiles(delays, n=100)
     return cuts[49], cuts[94], cuts[98]
+
+
+def print_per_second(source: str, committed: dict[str, float], received: dict[str, float]) -> None:
+    start = min(committed.values())
+    by_second: dict[int, list[float]] = {}
+    for key, at in committed.items():
+        by_second.setdefault(int(at - start), []).append((received[key] - at) * 1000)
+    for second, delays in sorted(by_second.items()):
+        delays.sort()
+        print(
+            f"  {source:7} second {second:3}: {len(delays):4} rows, p50"
+            f" {delays[len(delays) // 2]:7.1f} ms, max {delays[-1]:7.1f} ms"
+        )
 
 
 def wait_until_relaying(queue: str, received: dict[str, Any], timeout: float = 120) -> None:
