@@ -397,6 +397,23 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 SOLO = ("--pool=solo", "--concurrency=1")
 
 
+def write_orders(seconds: float, committed: dict[str, float], rate: float = 200) -> None:
+    """One transaction (an order and its outbox row) every ``1 / rate`` seconds for
+    ``seconds``; each row's commit time goes into ``committed`` under its message id."""
+    interval = 1 / rate
+    next_at = time.perf_counter()
+    end = next_at + seconds
+    while next_at < end:
+        with transaction.atomic():
+            order = Order.objects.create(sku="demo-mug", quantity=1)
+            row = publish("orders.order_placed", {"order_id": order.pk})
+        committed[str(row.message_id)] = time.time()
+        next_at += interval
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+
+
 def latency(
     mode: list[str], seconds: int, queue: str, pool: tuple[str, ...] = SOLO
 ) -> tuple[float, float, float]:
@@ -423,18 +440,7 @@ def latency(
     consumer = threading.Thread(target=consume, args=(queue, received, done), daemon=True)
     consumer.start()
     try:
-        interval = 1 / 200
-        next_at = time.perf_counter()
-        end = next_at + seconds
-        while next_at < end:
-            with transaction.atomic():
-                order = Order.objects.create(sku="demo-mug", quantity=1)
-                row = publish("orders.order_placed", {"order_id": order.pk})
-            committed[str(row.message_id)] = time.time()
-            next_at += interval
-            pause = next_at - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
+        write_orders(seconds, committed)
         deadline = time.monotonic() + 15
         while len(received) < len(committed) and time.monotonic() < deadline:
             time.sleep(0.1)
