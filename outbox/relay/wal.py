@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -49,7 +50,6 @@ from uuid import UUID
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
-from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from psycopg import sql
 
@@ -180,9 +180,11 @@ class WalRelay:
             name=f"{self.name}:sweep",
         )
         self.progress = _Progress()
-        # The Django connections of Debezium's threads (where the handler runs), closed by
-        # the control loop once the engine has stopped: those threads end without Django.
-        self._handler_connections: dict[int, BaseDatabaseWrapper] = {}
+        # Batches are published on one long-lived thread of the relay's, not on the Java
+        # thread that hands them over: JPype gives each call from Java a new Python thread
+        # state, so Django's per-thread connection would be a new PostgreSQL session per
+        # batch (tens a second, never closed) until the server refuses clients.
+        self._batches: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
         # Set once the engine has been started (the JVM is up): for tests and the benchmark.
         self.streaming = threading.Event()
@@ -290,6 +292,7 @@ class WalRelay:
         self._stopping.clear()
         properties = source_properties(self.using, slot=self.slot, publication=self.publication)
         properties["heartbeat.interval.ms"] = str(int(_HEARTBEAT_SECONDS * 1000))
+        self._start_batch_thread()
         engine = DebeziumEngine(properties, _handler(self), jvm_opts=_jvm_options())
         failed: list[BaseException] = []
 
@@ -340,7 +343,7 @@ class WalRelay:
             while thread.is_alive():
                 engine.close()
                 thread.join(1.0)
-            self._close_handler_connections()
+            self._stop_batch_thread()
         if failed and not asked:
             logger.warning(
                 "WAL relay %s: Debezium stopped (%s); restarting",
@@ -350,16 +353,17 @@ class WalRelay:
             )
         return asked
 
-    def _close_handler_connections(self) -> None:
-        connections_, self._handler_connections = self._handler_connections, {}
-        for wrapper in connections_.values():
-            wrapper.inc_thread_sharing()  # closed from this thread, not the one that opened it
-            try:
-                wrapper.close()
-            except DatabaseError:
-                pass  # broken already: nothing left to close
-            finally:
-                wrapper.dec_thread_sharing()
+    def _start_batch_thread(self) -> ThreadPoolExecutor:
+        self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-wal-batch")
+        return self._batches
+
+    def _stop_batch_thread(self) -> None:
+        batches, self._batches = self._batches, None
+        if batches is None:
+            return
+        # Its Django connection is closed on its own thread, before the thread ends.
+        batches.submit(lambda: connections[self.using].close()).exception()
+        batches.shutdown(wait=True)
 
     def _sweep(self, *, catch_up: bool, should_stop: Callable[[], bool]) -> None:
         """Publish what the log never brings, with the polling relay's claim: everything
@@ -390,19 +394,31 @@ class WalRelay:
         """Publish the outbox rows of ``records`` and return once RabbitMQ confirmed them
         (or refused them: their retry is recorded). Debezium stores the batch's offset
         after this returns; raising abandons the batch (Debezium stops, the relay restarts
-        it, and the batch is read again)."""
+        it, and the batch is read again).
+
+        Runs on Debezium's thread: it reads the Java records there and waits for the batch
+        thread to publish them."""
+        batch = [
+            (str(record.destination()), None if (value := record.value()) is None else str(value))
+            for record in records
+        ]
+        batches = self._batches
+        if batches is None:
+            raise _Stopped("the WAL relay is stopping; the batch will be read again")
+        batches.submit(self._handle_batch, batch).result()
+
+    def _handle_batch(self, batch: Sequence[tuple[str, str | None]]) -> None:
+        """``_handle``'s work, on the batch thread: ``batch`` holds each record's
+        destination and value (JSON text)."""
         rows: list[ClaimedMessage] = []
         heartbeat = False
-        for record in records:
-            value = record.value()
-            if str(record.destination()).startswith("__debezium-heartbeat"):
+        for destination, value in batch:
+            if destination.startswith("__debezium-heartbeat"):
                 heartbeat = True
             elif value is not None:
-                event = json.loads(str(value))
+                event = json.loads(value)
                 if event.get("op") in ("c", "r") and event.get("after"):
                     rows.append(_claimed(event["after"]))
-        wrapper = connections[self.using]
-        self._handler_connections[id(wrapper)] = wrapper
         try:
             self._publish(rows)
         except DatabaseError:
