@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -184,7 +184,12 @@ class WalRelay:
         # thread that hands them over: JPype gives each call from Java a new Python thread
         # state, so Django's per-thread connection would be a new PostgreSQL session per
         # batch (tens a second, never closed) until the server refuses clients.
-        self._batches: ThreadPoolExecutor | None = None
+        self._batches: _DjangoThread | None = None
+        # The marks of a confirmed batch are written on a thread of their own while the next
+        # batch is read and published (Debezium's offset needs the confirms, not the marks).
+        self._marks: _DjangoThread | None = None
+        self._last_marks: Future[None] | None = None
+        self._unsettled: list[tuple[list[ClaimedMessage], PublishOutcome]] = []
         self._stopping = threading.Event()
         # Set once the engine has been started (the JVM is up): for tests and the benchmark.
         self.streaming = threading.Event()
@@ -292,6 +297,7 @@ class WalRelay:
         self._stopping.clear()
         properties = source_properties(self.using, slot=self.slot, publication=self.publication)
         properties["heartbeat.interval.ms"] = str(int(_HEARTBEAT_SECONDS * 1000))
+        properties.update(_ROW_ONLY)
         self._start_batch_thread()
         engine = DebeziumEngine(properties, _handler(self), jvm_opts=_jvm_options())
         failed: list[BaseException] = []
@@ -353,17 +359,19 @@ class WalRelay:
             )
         return asked
 
-    def _start_batch_thread(self) -> ThreadPoolExecutor:
-        self._batches = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-wal-batch")
-        return self._batches
+    def _start_batch_thread(self) -> None:
+        self._batches = _DjangoThread("outbox-wal-batch", self.using)
+        self._marks = _DjangoThread("outbox-wal-marks", self.using)
 
     def _stop_batch_thread(self) -> None:
         batches, self._batches = self._batches, None
-        if batches is None:
-            return
-        # Its Django connection is closed on its own thread, before the thread ends.
-        batches.submit(lambda: connections[self.using].close()).exception()
-        batches.shutdown(wait=True)
+        if batches is not None:
+            batches.stop()
+        marks, self._marks = self._marks, None
+        if marks is not None:
+            marks.submit(self._settle_unsettled).exception()  # the last batch's marks
+            marks.stop()
+        self._last_marks = None
 
     def _sweep(self, *, catch_up: bool, should_stop: Callable[[], bool]) -> None:
         """Publish what the log never brings, with the polling relay's claim: everything
@@ -410,15 +418,13 @@ class WalRelay:
     def _handle_batch(self, batch: Sequence[tuple[str, str | None]]) -> None:
         """``_handle``'s work, on the batch thread: ``batch`` holds each record's
         destination and value (JSON text)."""
-        rows: list[ClaimedMessage] = []
+        rows: list[dict[str, Any]] = []
         heartbeat = False
         for destination, value in batch:
             if destination.startswith("__debezium-heartbeat"):
                 heartbeat = True
             elif value is not None:
-                event = json.loads(value)
-                if event.get("op") in ("c", "r") and event.get("after"):
-                    rows.append(_claimed(event["after"]))
+                rows.append(json.loads(value))
         try:
             self._publish(rows)
         except DatabaseError:
@@ -429,21 +435,22 @@ class WalRelay:
         if heartbeat:
             self.progress.caught_up_at = time.monotonic()
 
-    def _publish(self, rows: list[ClaimedMessage]) -> None:
+    def _publish(self, rows: list[dict[str, Any]]) -> None:
+        """Publish ``rows`` (after-states as Debezium sends them) that are still ready and
+        wait for their confirms; their marks are left to the mark thread."""
         if not rows:
             self.publisher.keepalive()
             return
         with connections[self.using].cursor() as cursor:
-            cursor.execute(queries()["still_ready"], {"ids": [row.id for row in rows]})
+            cursor.execute(queries()["still_ready"], {"ids": [int(row["id"]) for row in rows]})
             ready = {found for (found,) in cursor.fetchall()}
-        pending = [row for row in rows if row.id in ready]
+        pending = [_claimed(row) for row in rows if int(row["id"]) in ready]
         failures = 0
         while pending:
             if self._stopping.is_set():
                 raise _Stopped("the WAL relay is stopping; the batch will be read again")
-            sent = self.publisher.send_batch([outgoing_message(row) for row in pending])
-            outcome = self.publisher.collect(sent, confirm_timeout=self.settings.confirm_timeout)
-            self._settle(pending, outcome)
+            outcome = self._send_and_collect(pending)
+            self._mark_later(pending, outcome)
             unanswered = set(outcome.unanswered)
             pending = [row for row in pending if row.id in unanswered]
             if outcome.broker_error is not None:
@@ -459,6 +466,56 @@ class WalRelay:
                     extra={"event": "backoff", "relay": self.name, "delay": delay},
                 )
                 self._pause(delay, self._stopping.is_set)
+
+    def _send_and_collect(self, rows: list[ClaimedMessage]) -> PublishOutcome:
+        """Send ``rows`` in chunks, then collect every chunk's confirms: RabbitMQ works on
+        the first chunks while this thread encodes the next ones."""
+        sent = [
+            self.publisher.send_batch(
+                [outgoing_message(row) for row in rows[start : start + _CHUNK]]
+            )
+            for start in range(0, len(rows), _CHUNK)
+        ]
+        outcome = PublishOutcome()
+        for chunk in sent:
+            part = self.publisher.collect(chunk, confirm_timeout=self.settings.confirm_timeout)
+            outcome.confirmed += part.confirmed
+            outcome.unroutable.update(part.unroutable)
+            outcome.refused.update(part.refused)
+            outcome.unanswered += part.unanswered
+            outcome.broker_error = outcome.broker_error or part.broker_error
+        return outcome
+
+    def _mark_later(self, rows: list[ClaimedMessage], outcome: PublishOutcome) -> None:
+        """Hand the batch's marks to the mark thread and return. Only one batch's marks
+        wait at a time: a slow database slows the relay down instead of piling up marks."""
+        marks = self._marks
+        if marks is None:
+            raise _Stopped("the WAL relay is stopping; the batch will be read again")
+        if self._last_marks is not None:
+            self._last_marks.result()
+        self._unsettled.append((rows, outcome))
+        self._last_marks = marks.submit(self._settle_unsettled)
+
+    def _settle_unsettled(self) -> None:
+        """On the mark thread: settle the batches not settled yet, oldest first. A database
+        error leaves them for the next batch (or the stop) to try again; the broker has
+        them, so only the marks wait."""
+        while self._unsettled:
+            rows, outcome = self._unsettled[0]
+            try:
+                self._settle(rows, outcome)
+            except DatabaseError as error:
+                connections[self.using].close()
+                logger.warning(
+                    "WAL relay %s: could not mark %s published (%s); trying again",
+                    self.name,
+                    count(len(outcome.confirmed), "confirmed message"),
+                    error,
+                    extra={"event": "database_error", "relay": self.name},
+                )
+                return
+            self._unsettled.pop(0)
 
     def _settle(self, rows: list[ClaimedMessage], outcome: PublishOutcome) -> None:
         by_id = {row.id: row for row in rows}
@@ -536,6 +593,33 @@ class WalRelay:
             if remaining <= 0:
                 return
             time.sleep(min(remaining, _STOP_CHECK_SECONDS))
+
+
+# Debezium's change event reduced to the row's after-state (no envelope, no source block):
+# less JSON for Java to write, cross into Python and parse. A heartbeat is no change event
+# and passes unchanged (its value holds only ``ts_ms``).
+_ROW_ONLY = {
+    "transforms": "row",
+    "transforms.row.type": "io.debezium.transforms.ExtractNewRecordState",
+}
+# Rows per send within a batch (a Debezium batch holds up to max.batch.size, 2,048).
+_CHUNK = 256
+
+
+class _DjangoThread:
+    """One long-lived thread that runs what it is given, with a Django connection of its
+    own, closed on that thread when it stops."""
+
+    def __init__(self, name: str, using: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._using = using
+
+    def submit(self, function: Callable[..., None], *args: Any) -> Future[None]:
+        return self._executor.submit(function, *args)
+
+    def stop(self) -> None:
+        self.submit(lambda: connections[self._using].close()).exception()
+        self._executor.shutdown(wait=True)
 
 
 def _claimed(after: dict[str, Any]) -> ClaimedMessage:
