@@ -6,6 +6,7 @@ import threading
 import uuid
 from datetime import timedelta
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -47,14 +48,21 @@ AWKWARD_IDS = [
 
 
 @pytest.mark.django_db
-def test_claim_batch_records_awkward_ids_exactly_and_returns_only_the_new_ones() -> None:
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-side"])
+def test_claim_batch_records_awkward_ids_exactly_and_returns_only_the_new_ones(
+    prepared: bool, settings: Any
+) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "PREPARED_INSERT": prepared}
     long_type = "t" * 300
     with transaction.atomic():
         assert claim("billing", "it's") is True  # recorded before: a duplicate in the batch
-        fresh = claim_batch(
-            "billing", [(message_id, long_type) for message_id in AWKWARD_IDS], using="default"
-        )
+        with CaptureQueriesContext(connection) as queries:
+            fresh = claim_batch(
+                "billing", [(message_id, long_type) for message_id in AWKWARD_IDS], using="default"
+            )
     assert fresh == set(AWKWARD_IDS) - {"it's"}
+    # The prepared statement goes around Django's query log: which path ran.
+    assert len(queries) == (0 if prepared else 1)
     records = dict(
         InboxMessage.objects.filter(consumer="billing").values_list("message_id", "event_type")
     )
