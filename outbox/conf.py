@@ -37,8 +37,9 @@ SETTINGS: dict[str, Setting] = {
     "PREPARED_INSERT": Setting(
         True,
         bool,
-        "publish() inserts with a server-side prepared statement (False behind a pooler that"
-        " cannot keep prepared statements, such as PgBouncer before 1.21 in transaction mode)",
+        "publish(), the relay's claim and a consumer's inbox claim run as server-side prepared"
+        " statements (False behind a pooler that cannot keep prepared statements, such as"
+        " PgBouncer before 1.21 in transaction mode)",
     ),
     # --- relay ---
     "BATCH_SIZE": Setting(

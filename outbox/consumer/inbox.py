@@ -14,10 +14,11 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
+import psycopg
 from django.db import connections, router, transaction
 from django.utils import timezone
 
@@ -47,14 +48,18 @@ STORE_RESULT_QUERY = "UPDATE outbox_inbox SET result = %s WHERE id = %s"
 _MAX_KEY_LENGTH = 255
 
 #: The consumer's batch claim: one statement records a whole batch. The ids and event types
-#: travel as two arrays, so the statement's text and its four parameters are the same for
-#: every batch (the driver converts it once, not one placeholder per message). Rows are
-#: inserted in message id order, so two consumer processes claiming overlapping batches take
-#: the unique key's locks in the same order and wait for each other instead of deadlocking.
+#: travel as two JSON arrays, so the statement's text and its four parameters are the same
+#: for every batch (the driver converts it once, not one placeholder per message). JSON rather
+#: than PostgreSQL arrays because the driver quotes an array element by element in Python
+#: (about 4 µs of CPU per message, on the batch's critical path), while ``json.dumps`` and the
+#: quoting of one string run in C. Rows are inserted in message id order, so two consumer
+#: processes claiming overlapping batches take the unique key's locks in the same order and
+#: wait for each other instead of deadlocking.
 _CLAIM_BATCH_QUERY = """
 INSERT INTO outbox_inbox (consumer, message_id, event_type, processed_at)
 SELECT %s, claimed.message_id, claimed.event_type, %s
-FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS claimed (message_id, event_type, number)
+FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s::json))
+    WITH ORDINALITY AS claimed (message_id, event_type, number)
 ORDER BY claimed.number
 ON CONFLICT (consumer, message_id) DO NOTHING
 RETURNING message_id
@@ -98,15 +103,38 @@ def claim_batch(consumer: str, messages: Sequence[tuple[str, str]], *, using: st
     """Record ``messages`` ((message id, event type) pairs with distinct ids) for ``consumer``
     in the current transaction, in one statement; return the ids recorded now (the others are
     duplicates). The consume loop's step; ``unclaim`` undoes one record whose handler failed.
+
+    The statement is a server-side prepared statement of the connection, parsed and planned
+    once instead of once per batch, unless ``OUTBOX["PREPARED_INSERT"]`` is off (a pooler
+    that cannot keep prepared statements); it does not appear in Django's query log.
     """
     if not messages:
         return set()
     ordered = sorted(messages)
-    message_ids = [message_id for message_id, _ in ordered]
-    event_types = [event_type[:_MAX_KEY_LENGTH] for _, event_type in ordered]
-    with connections[using].cursor() as cursor:
-        cursor.execute(_CLAIM_BATCH_QUERY, [consumer, timezone.now(), message_ids, event_types])
-        return {row[0] for row in cursor.fetchall()}
+    # Not ASCII-escaped: the characters travel as they are (the database decodes no \u escapes).
+    message_ids = json.dumps([message_id for message_id, _ in ordered], ensure_ascii=False)
+    event_types = json.dumps(
+        [event_type[:_MAX_KEY_LENGTH] for _, event_type in ordered], ensure_ascii=False
+    )
+    parameters: tuple[str, datetime, str, str] = (
+        consumer,
+        timezone.now(),
+        message_ids,
+        event_types,
+    )
+    connection = connections[using]
+    if conf.get_bool("PREPARED_INSERT"):
+        connection.ensure_connection()
+        # psycopg's own cursor binds on the server and can prepare (Django's binds on the
+        # client); wrap_database_errors gives Django's exceptions and connection bookkeeping.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(_CLAIM_BATCH_QUERY, parameters, prepare=True)
+            rows = cursor.fetchall()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_BATCH_QUERY, parameters)
+            rows = cursor.fetchall()
+    return {row[0] for row in rows}
 
 
 def unclaim(consumer: str, message_id: str, *, using: str) -> None:

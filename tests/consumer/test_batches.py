@@ -284,3 +284,35 @@ def test_a_consumer_killed_mid_batch_commits_none_of_it(
     ids = [*before, paused, *after]
     assert runs(ids) == dict.fromkeys(ids, 1)
     assert InboxMessage.objects.count() == len(ids)
+
+
+def test_a_batch_is_acknowledged_only_once_its_records_are_committed(
+    broker: ConsumerBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    #: For each settled batch: the ids processed, and those of them committed at that point.
+    at_ack: list[tuple[set[str], set[str]]] = []
+    settle = ConsumerLoop.settle
+
+    def checking(loop: ConsumerLoop, channel: Any, settled: Sequence[tuple[Any, Outcome]]) -> None:
+        processed = {
+            delivery.properties.message_id
+            for delivery, outcome in settled
+            if outcome.kind == "processed"
+        }
+        # This thread's connection is not the worker's: it sees only what has committed.
+        committed = set(
+            InboxMessage.objects.filter(message_id__in=processed).values_list(
+                "message_id", flat=True
+            )
+        )
+        at_ack.append((processed, committed))
+        settle(loop, channel, settled)  # the acknowledgement
+
+    monkeypatch.setattr(ConsumerLoop, "settle", checking)
+    ids = [broker.send(payload={"n": n}) for n in range(6)]
+
+    assert consume(RECORDER, batch_size=3, max_messages=len(ids), until_idle=10) == len(ids)
+
+    assert set().union(*(processed for processed, _ in at_ack)) == set(ids)
+    assert all(processed == committed for processed, committed in at_ack), at_ack
+    assert broker.depth(broker.topology.queue) == 0

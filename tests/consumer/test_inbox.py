@@ -6,6 +6,7 @@ import threading
 import uuid
 from datetime import timedelta
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -15,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from outbox import idempotent
-from outbox.consumer.inbox import claim, purge_inbox
+from outbox.consumer.inbox import claim, claim_batch, purge_inbox
 from outbox.exceptions import InvalidMessageError, TransactionRequiredError
 from outbox.models import InboxMessage
 from tests.testapp.models import LogLine
@@ -30,6 +31,45 @@ def test_claim_is_true_once_per_consumer_and_message() -> None:
         assert claim("shipping", message_id) is True
     record = InboxMessage.objects.get(consumer="billing")
     assert (record.message_id, record.event_type) == (str(message_id), "orders.order_placed")
+
+
+#: Message ids that a JSON or SQL encoding could get wrong: quotes, backslashes, escapes,
+#: control characters, non-ASCII text beyond the BMP, JSON itself.
+AWKWARD_IDS = [
+    "plain",
+    "it's",
+    'say "hi"',
+    "back\\slash\\u0041",
+    "tab\tnew\nline\x01",
+    "caf\u00e9 \u2028 \U0001f600",
+    '["not", "an", "array"]',
+    "x" * 255,
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "client-side"])
+def test_claim_batch_records_awkward_ids_exactly_and_returns_only_the_new_ones(
+    prepared: bool, settings: Any
+) -> None:
+    settings.OUTBOX = {**settings.OUTBOX, "PREPARED_INSERT": prepared}
+    long_type = "t" * 300
+    with transaction.atomic():
+        assert claim("billing", "it's") is True  # recorded before: a duplicate in the batch
+        with CaptureQueriesContext(connection) as queries:
+            fresh = claim_batch(
+                "billing", [(message_id, long_type) for message_id in AWKWARD_IDS], using="default"
+            )
+    assert fresh == set(AWKWARD_IDS) - {"it's"}
+    # The prepared statement goes around Django's query log: which path ran.
+    assert len(queries) == (0 if prepared else 1)
+    records = dict(
+        InboxMessage.objects.filter(consumer="billing").values_list("message_id", "event_type")
+    )
+    assert set(records) == set(AWKWARD_IDS)
+    # The event type is cut to the column's 255 characters; the duplicate keeps its own.
+    assert {records[message_id] for message_id in fresh} == {"t" * 255}
+    assert records["it's"] == ""
 
 
 @pytest.mark.django_db(transaction=True)
