@@ -82,7 +82,7 @@ def main() -> None:
         if options.write_only:
             empty_outbox()
             with kick_on_commit(False):
-                ratio = write_overhead(overhead_transactions)
+                ratio = write_overhead(overhead_transactions, cpu=True)
             print(f"write overhead of publish():        {ratio:8.2f}x")
             return
         if not options.kick_only:
@@ -475,8 +475,11 @@ def format_latency(cuts: tuple[float, float, float]) -> str:
 # -- write overhead ------------------------------------------------------------------------
 
 
-def write_overhead(transactions: int) -> float:
-    """Mean time of a transaction inserting one order, with and without one publish()."""
+def write_overhead(transactions: int, *, cpu: bool = False) -> float:
+    """Median time of a transaction inserting one order, with one publish() against without.
+
+    With ``cpu``, also print the CPU time per transaction of each variant: this process's and
+    that of its PostgreSQL backend (from /proc), which a loaded machine does not blur."""
 
     def plain() -> None:
         with transaction.atomic():
@@ -493,16 +496,39 @@ def write_overhead(transactions: int) -> float:
             )
 
     timings: dict[str, list[float]] = {"plain": [], "outbox": []}
+    client = {"plain": 0.0, "outbox": 0.0}
+    server = {"plain": 0.0, "outbox": 0.0}
     for _ in range(50):  # warm-up
         plain()
         with_outbox()
+    backend = connection.connection.info.backend_pid
     for _ in range(transactions):
         # Interleaved, so both variants see the same background load.
         for name, work in (("plain", plain), ("outbox", with_outbox)):
+            server_started = process_cpu(backend) if cpu else 0.0
+            cpu_started = time.process_time()
             started = time.perf_counter()
             work()
             timings[name].append(time.perf_counter() - started)
+            client[name] += time.process_time() - cpu_started
+            if cpu:
+                server[name] += process_cpu(backend) - server_started
+    if cpu:
+        for name in ("plain", "outbox"):
+            print(
+                f"  {name:6s} CPU per transaction: {client[name] / transactions * 1e6:5.0f} us"
+                f" here + {server[name] / transactions * 1e6:5.0f} us PostgreSQL backend"
+            )
+        total = {name: client[name] + server[name] for name in client}
+        print(f"  CPU ratio (both processes):       {total['outbox'] / total['plain']:8.2f}x")
     return statistics.median(timings["outbox"]) / statistics.median(timings["plain"])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import psycopg
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
 
 from outbox import conf
+from outbox.common.database import fetch_prepared
 from outbox.common.sql import load_queries, rows_as
 from outbox.models import OutboxMessage
 from outbox.relay.store import (
@@ -41,8 +41,7 @@ _CLAIM_COLUMNS = (*(field.name for field in dataclasses.fields(ClaimedMessage)),
 _HEADERS = _CLAIM_COLUMNS.index("headers")
 
 
-def _check_claim_columns(cursor: CursorWrapper | psycopg.Cursor[Any]) -> None:
-    columns = tuple(column[0] for column in cursor.description or ())
+def _check_claim_columns(columns: tuple[str, ...]) -> None:
     if columns != _CLAIM_COLUMNS:
         raise TypeError(f"the claim query returns {columns}, expected {_CLAIM_COLUMNS}")
 
@@ -80,7 +79,7 @@ class PostgreSQLStore:
             rows = self._claim_prepared(params)
         else:
             with self._cursor("claim", **params) as cursor:
-                _check_claim_columns(cursor)
+                _check_claim_columns(tuple(column[0] for column in cursor.description or ()))
                 rows = cursor.fetchall()
         if rows and rows[0][-1] is not None:
             self._cursor_key = rows[0][-1]
@@ -102,14 +101,9 @@ class PostgreSQLStore:
         worker's usual wake-up). ``OUTBOX["PREPARED_INSERT"]`` turns both prepared
         statements off together."""
         refuse_inside_atomic(self.alias)
-        connection = connections[self.alias]
-        connection.ensure_connection()
-        # wrap_database_errors: Django's exceptions and connection bookkeeping, as through
-        # Django's own cursor (which binds parameters on the client and cannot prepare).
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(queries()["claim"], params, prepare=True)
-            _check_claim_columns(cursor)
-            return cursor.fetchall()
+        rows, columns = fetch_prepared(self.alias, queries()["claim"], params)
+        _check_claim_columns(columns)
+        return rows
 
     def mark_published(self, ids: Sequence[int]) -> int:
         if not ids:
