@@ -25,6 +25,7 @@ from typing import Any
 
 import pika
 import redis
+from cpuwatch import CpuWatch
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
@@ -162,14 +163,22 @@ def cpu_per_message(count: int, queue: str, rounds: int) -> None:
         "all three off": {"coalesce": False, "encode": False, "prepared": False},
     }
     for round_ in range(rounds):
-        line = [f"round {round_ + 1}: raw {raw_pika_rate(count, queue):.0f} msg/s"]
+        watch = CpuWatch(connection.settings_dict["NAME"])
+        raw = raw_pika_rate(count, queue)
+        raw_rabbitmq = watch.stop()["rabbitmq"] / count
+        line = [
+            f"round {round_ + 1}: raw {raw:.0f} msg/s, {raw_rabbitmq * 1e6:.0f} us RabbitMQ CPU/msg"
+        ]
         for name, off in variants.items():
             publishers._coalesce_writes = coalesce if off.get("coalesce", True) else _no_coalescing
             publishers._encode_properties = encode if off.get("encode", True) else _no_encoder
             prepared = off.get("prepared", True)
             with override_settings(OUTBOX={**settings.OUTBOX, "PREPARED_INSERT": prepared}):
-                rate, cpu = relay_rate(count, queue, cpu=True)
-            line.append(f"{name} {rate:.0f} msg/s, {cpu * 1e6:.0f} us CPU/msg")
+                rate, cpu, postgresql, rabbitmq = relay_rate(count, queue, cpu=True)
+            line.append(
+                f"{name} {rate:.0f} msg/s, CPU/msg {cpu * 1e6:.0f} us relay +"
+                f" {postgresql * 1e6:.0f} us PostgreSQL + {rabbitmq * 1e6:.0f} us RabbitMQ"
+            )
         print("; ".join(line), flush=True)
     publishers._coalesce_writes, publishers._encode_properties = coalesce, encode
 
@@ -309,13 +318,22 @@ def relay_rate(count: int, queue: str, *, cpu: bool = False) -> Any:
     relay = Relay()
     assert relay.drain().published == WARM_UP
     fill_outbox(count)
+    watch = CpuWatch(connection.settings_dict["NAME"]) if cpu else None
     started, cpu_started = time.perf_counter(), time.process_time()
     result = relay.drain()
     elapsed, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    around = watch.stop() if watch is not None else {}
     relay.close()
     assert result.published == count, result
     purge(queue)
-    return (count / elapsed, cpu_seconds / count) if cpu else count / elapsed
+    if cpu:
+        return (
+            count / elapsed,
+            cpu_seconds / count,
+            around["postgresql"] / count,
+            around["rabbitmq"] / count,
+        )
+    return count / elapsed
 
 
 def fresh_relay_rate(count: int, queue: str) -> float:

@@ -224,7 +224,7 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
         "lease_expires_at": row.lease_expires_at,
     }
     if conf.get_bool("PREPARED_INSERT"):
-        rows, _ = fetch_prepared(alias, queries()["insert_message"], parameters)
+        rows = fetch_prepared(alias, queries()["insert_message"], parameters).rows
         returned = rows[0] if rows else None
     else:
         with connection.cursor() as cursor:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from django.db import connections, router
 from django.utils import timezone
 
-__all__ = ["database_now", "fetch_prepared", "is_postgresql", "outbox_alias"]
+__all__ = ["Prepared", "database_now", "fetch_prepared", "is_postgresql", "outbox_alias"]
 
 
 def outbox_alias(using: str | None = None) -> str:
@@ -48,11 +48,17 @@ def database_now(alias: str | None = None) -> datetime:
     return now
 
 
-def fetch_prepared(
-    alias: str, sql: str, params: Mapping[str, Any]
-) -> tuple[list[tuple[Any, ...]], tuple[str, ...]]:
+class Prepared(NamedTuple):
+    """What a prepared statement returned: its rows, their column names, the row count."""
+
+    rows: list[tuple[Any, ...]]
+    columns: tuple[str, ...]
+    rowcount: int
+
+
+def fetch_prepared(alias: str, sql: str, params: Mapping[str, Any]) -> Prepared:
     """Run ``sql`` as a server-side prepared statement on the connection of ``alias`` (in its
-    current transaction, if any); return its rows and column names.
+    current transaction, if any); return its rows, column names and row count.
 
     PostgreSQL then parses and plans the statement once per connection, not at every call.
     Django opens psycopg connections with ``prepare_threshold=None`` (its default, for
@@ -75,5 +81,7 @@ def fetch_prepared(
             cursor.execute(sql, params, prepare=True)
         finally:
             raw.prepare_threshold = threshold
-        columns = tuple(column.name for column in cursor.description or ())
-        return cursor.fetchall(), columns
+        description = cursor.description
+        rows = cursor.fetchall() if description is not None else []
+        columns = tuple(column.name for column in description or ())
+        return Prepared(rows, columns, cursor.rowcount)

@@ -101,9 +101,9 @@ class PostgreSQLStore:
         worker's usual wake-up). ``OUTBOX["PREPARED_INSERT"]`` turns both prepared
         statements off together."""
         refuse_inside_atomic(self.alias)
-        rows, columns = fetch_prepared(self.alias, queries()["claim"], params)
-        _check_claim_columns(columns)
-        return rows
+        claimed = fetch_prepared(self.alias, queries()["claim"], params)
+        _check_claim_columns(claimed.columns)
+        return claimed.rows
 
     def mark_published(self, ids: Sequence[int]) -> int:
         if not ids:
@@ -146,5 +146,10 @@ class PostgreSQLStore:
         return cursor
 
     def _count(self, name: str, **params: Any) -> int:
+        if conf.get_bool("PREPARED_INSERT"):
+            # Prepared like the claim: the ids go as one binary array parameter, not as a
+            # literal of 500 numbers composed here and parsed there, once per batch.
+            refuse_inside_atomic(self.alias)
+            return fetch_prepared(self.alias, queries()[name], params).rowcount
         with self._cursor(name, **params) as cursor:
             return int(cursor.rowcount)
