@@ -86,9 +86,16 @@ class PostgreSQLStore:
         # Built straight from the row tuples, in column order: this runs for every message
         # the relay sends, and building by name cost about as much as the rest of the claim's
         # Python work. The query returns headers as JSON text (Django leaves jsonb undecoded).
+        # Most rows have no headers of their own: "{}" needs no JSON decoder.
         loads = json.loads
         claimed = [
-            ClaimedMessage(*[*row[:_HEADERS], loads(row[_HEADERS]), *row[_HEADERS + 1 : -1]])
+            ClaimedMessage(
+                *[
+                    *row[:_HEADERS],
+                    {} if row[_HEADERS] == "{}" else loads(row[_HEADERS]),
+                    *row[_HEADERS + 1 : -1],
+                ]
+            )
             for row in rows
         ]
         # Position order is publish order: it keeps each key's run in order on the channel.
