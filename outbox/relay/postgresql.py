@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
@@ -39,6 +40,7 @@ def queries() -> dict[str, str]:
 # next claim starts after (None: no keyed row was claimed).
 _CLAIM_COLUMNS = (*(field.name for field in dataclasses.fields(ClaimedMessage)), "next_cursor")
 _HEADERS = _CLAIM_COLUMNS.index("headers")
+_CREATED_AT = _CLAIM_COLUMNS.index("created_at")
 
 
 def _check_claim_columns(columns: tuple[str, ...]) -> None:
@@ -86,14 +88,18 @@ class PostgreSQLStore:
         # Built straight from the row tuples, in column order: this runs for every message
         # the relay sends, and building by name cost about as much as the rest of the claim's
         # Python work. The query returns headers as JSON text (Django leaves jsonb undecoded).
-        # Most rows have no headers of their own: "{}" needs no JSON decoder.
+        # Most rows have no headers of their own: "{}" needs no JSON decoder. created_at
+        # comes as epoch seconds (see the query).
         loads = json.loads
+        from_epoch = datetime.fromtimestamp
         claimed = [
             ClaimedMessage(
                 *[
                     *row[:_HEADERS],
                     {} if row[_HEADERS] == "{}" else loads(row[_HEADERS]),
-                    *row[_HEADERS + 1 : -1],
+                    *row[_HEADERS + 1 : _CREATED_AT],
+                    from_epoch(row[_CREATED_AT], UTC),
+                    *row[_CREATED_AT + 1 : -1],
                 ]
             )
             for row in rows
