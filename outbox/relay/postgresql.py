@@ -111,8 +111,8 @@ class PostgreSQLStore:
     def _claim_prepared(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """The claim as a server-side prepared statement of the relay's connection: parsing
         and planning it cost about as much as running it when a few rows are ready (the
-        worker's usual wake-up). ``OUTBOX["PREPARED_INSERT"]`` turns both prepared
-        statements off together."""
+        worker's usual wake-up). ``OUTBOX["PREPARED_INSERT"]`` turns every prepared
+        statement off together (publish()'s INSERT, the claim, the mark, the release)."""
         refuse_inside_atomic(self.alias)
         claimed = fetch_prepared(self.alias, queries()["claim"], params)
         _check_claim_columns(claimed.columns)
@@ -160,8 +160,8 @@ class PostgreSQLStore:
 
     def _count(self, name: str, **params: Any) -> int:
         if conf.get_bool("PREPARED_INSERT"):
-            # Prepared like the claim: the ids go as one binary array parameter, not as a
-            # literal of 500 numbers composed here and parsed there, once per batch.
+            # Prepared like the claim: the statement is not parsed and planned again for
+            # every batch, and the ids go as one parameter (see _bigint_array).
             refuse_inside_atomic(self.alias)
             return fetch_prepared(self.alias, queries()[name], params).rowcount
         with self._cursor(name, **params) as cursor:
