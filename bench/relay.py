@@ -25,6 +25,7 @@ from typing import Any
 
 import pika
 import redis
+from cpuwatch import CpuWatch
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
@@ -82,7 +83,7 @@ def main() -> None:
         if options.write_only:
             empty_outbox()
             with kick_on_commit(False):
-                ratio = write_overhead(overhead_transactions)
+                ratio = write_overhead(overhead_transactions, cpu=True)
             print(f"write overhead of publish():        {ratio:8.2f}x")
             return
         if not options.kick_only:
@@ -162,14 +163,22 @@ def cpu_per_message(count: int, queue: str, rounds: int) -> None:
         "all three off": {"coalesce": False, "encode": False, "prepared": False},
     }
     for round_ in range(rounds):
-        line = [f"round {round_ + 1}: raw {raw_pika_rate(count, queue):.0f} msg/s"]
+        watch = CpuWatch(connection.settings_dict["NAME"])
+        raw = raw_pika_rate(count, queue)
+        raw_rabbitmq = watch.stop()["rabbitmq"] / count
+        line = [
+            f"round {round_ + 1}: raw {raw:.0f} msg/s, {raw_rabbitmq * 1e6:.0f} us RabbitMQ CPU/msg"
+        ]
         for name, off in variants.items():
             publishers._coalesce_writes = coalesce if off.get("coalesce", True) else _no_coalescing
             publishers._encode_properties = encode if off.get("encode", True) else _no_encoder
             prepared = off.get("prepared", True)
             with override_settings(OUTBOX={**settings.OUTBOX, "PREPARED_INSERT": prepared}):
-                rate, cpu = relay_rate(count, queue, cpu=True)
-            line.append(f"{name} {rate:.0f} msg/s, {cpu * 1e6:.0f} us CPU/msg")
+                rate, cpu, postgresql, rabbitmq = relay_rate(count, queue, cpu=True)
+            line.append(
+                f"{name} {rate:.0f} msg/s, CPU/msg {cpu * 1e6:.0f} us relay +"
+                f" {postgresql * 1e6:.0f} us PostgreSQL + {rabbitmq * 1e6:.0f} us RabbitMQ"
+            )
         print("; ".join(line), flush=True)
     publishers._coalesce_writes, publishers._encode_properties = coalesce, encode
 
@@ -309,13 +318,22 @@ def relay_rate(count: int, queue: str, *, cpu: bool = False) -> Any:
     relay = Relay()
     assert relay.drain().published == WARM_UP
     fill_outbox(count)
+    watch = CpuWatch(connection.settings_dict["NAME"]) if cpu else None
     started, cpu_started = time.perf_counter(), time.process_time()
     result = relay.drain()
     elapsed, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    around = watch.stop() if watch is not None else {}
     relay.close()
     assert result.published == count, result
     purge(queue)
-    return (count / elapsed, cpu_seconds / count) if cpu else count / elapsed
+    if cpu:
+        return (
+            count / elapsed,
+            cpu_seconds / count,
+            around["postgresql"] / count,
+            around["rabbitmq"] / count,
+        )
+    return count / elapsed
 
 
 def fresh_relay_rate(count: int, queue: str) -> float:
@@ -475,8 +493,11 @@ def format_latency(cuts: tuple[float, float, float]) -> str:
 # -- write overhead ------------------------------------------------------------------------
 
 
-def write_overhead(transactions: int) -> float:
-    """Mean time of a transaction inserting one order, with and without one publish()."""
+def write_overhead(transactions: int, *, cpu: bool = False) -> float:
+    """Median time of a transaction inserting one order, with one publish() against without.
+
+    With ``cpu``, also print the CPU time per transaction of each variant: this process's and
+    that of its PostgreSQL backend (from /proc), which a loaded machine does not blur."""
 
     def plain() -> None:
         with transaction.atomic():
@@ -493,16 +514,39 @@ def write_overhead(transactions: int) -> float:
             )
 
     timings: dict[str, list[float]] = {"plain": [], "outbox": []}
+    client = {"plain": 0.0, "outbox": 0.0}
+    server = {"plain": 0.0, "outbox": 0.0}
     for _ in range(50):  # warm-up
         plain()
         with_outbox()
+    backend = connection.connection.info.backend_pid
     for _ in range(transactions):
         # Interleaved, so both variants see the same background load.
         for name, work in (("plain", plain), ("outbox", with_outbox)):
+            server_started = process_cpu(backend) if cpu else 0.0
+            cpu_started = time.process_time()
             started = time.perf_counter()
             work()
             timings[name].append(time.perf_counter() - started)
+            client[name] += time.process_time() - cpu_started
+            if cpu:
+                server[name] += process_cpu(backend) - server_started
+    if cpu:
+        for name in ("plain", "outbox"):
+            print(
+                f"  {name:6s} CPU per transaction: {client[name] / transactions * 1e6:5.0f} us"
+                f" here + {server[name] / transactions * 1e6:5.0f} us PostgreSQL backend"
+            )
+        total = {name: client[name] + server[name] for name in client}
+        print(f"  CPU ratio (both processes):       {total['outbox'] / total['plain']:8.2f}x")
     return statistics.median(timings["outbox"]) / statistics.median(timings["plain"])
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -58,14 +58,9 @@ class OutboxMessage(models.Model):
         db_table = "outbox_message"
         verbose_name = "outbox message"
         indexes = [
-            # Ready rows in position order, for reads of what waits to be published (the
-            # relay's claim itself uses the two indexes below). Partial, so the index stays as
-            # small as the backlog however many published rows the table keeps.
-            models.Index(
-                fields=["position"],
-                name="outbox_ready_position_idx",
-                condition=models.Q(status="ready"),
-            ),
+            # No index on ready rows by position: nothing reads them that way (the claim walks
+            # the two below), and one cost every publish() an index entry and made the
+            # relay's mark AND a bitmap of the whole backlog into each UPDATE.
             # The claim of keyed rows: a loose index scan over the distinct keys with
             # unpublished rows, then each key's head and run in position order.
             models.Index(

@@ -17,11 +17,10 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from django.db import connections, router, transaction
 
 from outbox import conf, kick, tracing, wire
-from outbox.common.database import is_postgresql
+from outbox.common.database import fetch_prepared, is_postgresql
 from outbox.common.jsontext import encode
 from outbox.exceptions import InvalidMessageError, PayloadTooLargeError, TransactionRequiredError
 from outbox.models import OutboxMessage
@@ -225,12 +224,8 @@ def _insert(row: OutboxMessage, alias: str, *, payload_json: str, headers_json: 
         "lease_expires_at": row.lease_expires_at,
     }
     if conf.get_bool("PREPARED_INSERT"):
-        connection.ensure_connection()
-        # wrap_database_errors: the same django.db exceptions, and connection bookkeeping, as
-        # a query through Django's own cursor.
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(queries()["insert_message"], parameters, prepare=True)
-            returned = cursor.fetchone()
+        rows = fetch_prepared(alias, queries()["insert_message"], parameters).rows
+        returned = rows[0] if rows else None
     else:
         with connection.cursor() as cursor:
             cursor.execute(queries()["insert_message"], parameters)

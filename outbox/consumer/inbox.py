@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
-import psycopg
 from django.db import connections, router, transaction
 from django.utils import timezone
 
 from outbox import conf
+from outbox.common.database import fetch_prepared
 from outbox.exceptions import InvalidMessageError, TransactionRequiredError
 from outbox.models import InboxMessage
 from outbox.operations.vacuum import vacuum_after_purge
@@ -122,16 +122,10 @@ def claim_batch(consumer: str, messages: Sequence[tuple[str, str]], *, using: st
         message_ids,
         event_types,
     )
-    connection = connections[using]
     if conf.get_bool("PREPARED_INSERT"):
-        connection.ensure_connection()
-        # psycopg's own cursor binds on the server and can prepare (Django's binds on the
-        # client); wrap_database_errors gives Django's exceptions and connection bookkeeping.
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_CLAIM_BATCH_QUERY, parameters, prepare=True)
-            rows = cursor.fetchall()
+        rows = fetch_prepared(using, _CLAIM_BATCH_QUERY, parameters).rows
     else:
-        with connection.cursor() as cursor:
+        with connections[using].cursor() as cursor:
             cursor.execute(_CLAIM_BATCH_QUERY, parameters)
             rows = cursor.fetchall()
     return {row[0] for row in rows}

@@ -238,11 +238,6 @@ class Migration(migrations.Migration):
                 ],
                 "indexes": [
                     models.Index(
-                        condition=models.Q(("status", "ready")),
-                        fields=["position"],
-                        name="outbox_ready_position_idx",
-                    ),
-                    models.Index(
                         condition=models.Q(("status", "published"), _negated=True),
                         fields=["ordering_key", "position"],
                         name="outbox_unpublished_key_idx",

@@ -72,6 +72,10 @@ R = TypeVar("R")
 _STOP_CHECK_SECONDS = 0.25
 # Batches the worker keeps in flight before it waits for the oldest one's answers.
 _WORKER_IN_FLIGHT = 16
+# Over a backlog: claims queued ahead of the batch being sent, and batches sent but not
+# answered yet before the drain waits for the oldest one's confirms.
+_CLAIMS_AHEAD = 2
+_BACKLOG_IN_FLIGHT = 3
 # Cap on the wait between two attempts to reach a database that stopped answering. A refused
 # connection costs next to nothing, and every second of wait after the database is back adds
 # to the outage: an outage of N seconds then costs at most about N + 2 seconds.
@@ -638,9 +642,11 @@ class _Pipeline:
     """One drain: the publishing side runs here, the database side through ``_Database``
     (inline, or on its threads over a backlog), overlapped.
 
-    At most two batches are in flight: batch N+1 is written while the broker still confirms
-    batch N; once N is answered its settle is queued, and the claim of N+2 was queued when
-    N+1 was sent (only after a full claim: one that was not full took every row there was).
+    Over a backlog up to ``_BACKLOG_IN_FLIGHT`` batches are in flight (written, not all
+    answered): batch N+1 is written while the broker still confirms batch N; once N is
+    answered its settle is queued. ``_CLAIMS_AHEAD`` claims are queued on the claim thread
+    behind the batch being written (only after a full claim: one that was not full took
+    every row there was), so neither thread waits for the other while the backlog lasts.
 
     Per-key order: a batch is claimed while every batch before it that is not settled yet is
     still leased, which keeps later rows of their keys out of it; and batches go out on one
@@ -679,40 +685,46 @@ class _Pipeline:
     def run(self, first: list[ClaimedMessage] | None = None) -> None:
         """Drain; ``first``: a batch claimed already (by the worker), to start with."""
         relay = self.relay
-        claim: Future[list[ClaimedMessage]] | None
+        # Claims queued on the claim thread, oldest first, each with whether it was queued
+        # after every settle (only such an empty claim may end the drain).
+        claims: deque[tuple[Future[list[ClaimedMessage]], bool]] = deque()
         if first is None:
-            claim = self.database.run(relay._claim)
+            claims.append((self.database.run(relay._claim), True))
         else:
-            claim = Future()
-            claim.set_result(first)
-        # The pending claim was queued after every settle.
-        after_settles = first is None
+            given: Future[list[ClaimedMessage]] = Future()
+            given.set_result(first)
+            claims.append((given, False))
         ended = False
         while not ended:
             claimed: list[ClaimedMessage] = []
-            last_claim_after_settles = after_settles
-            if claim is not None:
+            last_claim_after_settles = False
+            if claims:
+                claim, last_claim_after_settles = claims.popleft()
                 claimed = self._result(claim, [])
-                claim = None
             full = len(claimed) >= relay.settings.batch_size
             if full:
                 self.database.go_parallel()  # a backlog: overlap the database work
             if claimed and self._healthy():
                 self._send(claimed)
                 # A claim that was not full took every row publishable when it ran: the
-                # next one has to wait for this batch's settle to find more.
-                if full and not self.stopping():
-                    claim = self.database.run(relay._claim)
-                    after_settles = False
+                # next one has to wait for this batch's settle to find more. A full one
+                # means more backlog: claims are queued ahead, so that the claim thread
+                # never waits for the publishing one (nor the other way round).
+                while full and len(claims) < _CLAIMS_AHEAD and not self.stopping():
+                    claims.append((self.database.run(relay._claim), False))
             elif claimed:
                 # Claimed during an outage of the other service: handed back unsent.
                 self._settle(claimed, None)
-            # Two batches in flight: the older one is answered by now, or nearly. Nothing
-            # more to send: every batch is collected.
-            while len(self._in_flight) > (1 if claim is not None else 0):
+            # Over a backlog several batches stay in flight, so that the broker's confirms
+            # of one never hold up the next; those already answered are settled at once.
+            # Nothing more to send: every batch is collected.
+            keep = _BACKLOG_IN_FLIGHT - 1 if claims else 0
+            while len(self._in_flight) > keep or (
+                self._in_flight and relay.publisher.answered(self._in_flight[0][1])
+            ):
                 self._collect()
             self._count_settled(wait=False)
-            if claim is None:
+            if not claims:
                 if not self._healthy() or self.stopping():
                     ended = True
                 elif not claimed and last_claim_after_settles:
@@ -723,8 +735,7 @@ class _Pipeline:
                 else:
                     # Rows of the settled batches' keys may be claimable only now.
                     self._count_settled(wait=True)
-                    claim = self.database.run(relay._claim)
-                    after_settles = True
+                    claims.append((self.database.run(relay._claim), True))
         self._count_settled(wait=True)
         if self.database_error is not None:
             raise self.database_error

@@ -60,6 +60,14 @@ def test_claim_batch_records_awkward_ids_exactly_and_returns_only_the_new_ones(
             fresh = claim_batch(
                 "billing", [(message_id, long_type) for message_id in AWKWARD_IDS], using="default"
             )
+        with connection.cursor() as cursor:
+            # Prepared on the server for real: Django's connections start with psycopg's
+            # prepare_threshold=None, under which prepare=True alone does nothing.
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                ["%json_array_elements_text%"],
+            )
+            assert cursor.fetchone()[0] == (1 if prepared else 0)
     assert fresh == set(AWKWARD_IDS) - {"it's"}
     # The prepared statement goes around Django's query log: which path ran.
     assert len(queries) == (0 if prepared else 1)

@@ -290,6 +290,27 @@ def test_both_insert_paths_write_the_same_row_and_roll_back(settings: Any, prepa
     assert OutboxMessage.objects.count() == 3
 
 
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_insert_is_a_server_side_prepared_statement_only_when_asked(
+    settings: Any, prepared: bool
+) -> None:
+    # Django opens psycopg connections with prepare_threshold=None, under which psycopg
+    # ignores execute(prepare=True): the INSERT was parsed and planned in every transaction.
+    from django.db import connection
+
+    settings.OUTBOX = {**settings.OUTBOX, "PREPARED_INSERT": prepared}
+    with transaction.atomic():
+        publish("x.y", {"n": 1})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%INSERT INTO outbox_message%%'"
+        )
+        assert cursor.fetchone() == (1 if prepared else 0,)
+    # The application's own queries stay unprepared: the threshold is lifted for one statement.
+    assert connection.connection.prepare_threshold is None
+
+
 def test_a_database_error_in_the_prepared_insert_is_djangos_and_rolls_back() -> None:
     from django.db import IntegrityError
 

@@ -70,6 +70,27 @@ class StoreContract:
     def backend(self) -> OutboxStore:
         return self.store_type(connection.alias, retry=_POLICY)
 
+    def test_a_claimed_message_carries_its_row_exactly(self, backend: OutboxStore) -> None:
+        # The PostgreSQL claim reads created_at as epoch seconds and skips the JSON decoder
+        # for empty headers: neither may change what the publisher is given.
+        with_headers = _row("h", "order:H")
+        without = _row("e", "order:E")
+        OutboxMessage.objects.filter(pk=without.pk).update(
+            headers={}, created_at=timezone.now().replace(microsecond=999_999)
+        )
+        claimed = {
+            message.id: message for message in backend.claim(owner="r", limit=10, lease_seconds=30)
+        }
+        for row in (with_headers, without):
+            stored = OutboxMessage.objects.get(pk=row.pk)
+            message = claimed[row.pk]
+            assert message.created_at == stored.created_at
+            assert message.created_at.utcoffset() == timedelta(0)
+            assert message.headers == stored.headers
+            assert message.message_id == stored.message_id
+        assert claimed[without.pk].created_at.microsecond == 999_999
+        assert claimed[with_headers.pk].headers == {"h": 1}
+
     def test_claim_takes_each_keys_run_in_position_order(self, backend: OutboxStore) -> None:
         _row("a1", "order:A")
         _row("b1", "order:B")
