@@ -121,7 +121,7 @@ class PostgreSQLStore:
     def mark_published(self, ids: Sequence[int]) -> int:
         if not ids:
             return 0
-        return self._count("mark_published", ids=_bigint_array(ids))
+        return self._count("mark_published", ids=bigint_array(ids))
 
     def mark_published_unroutable(self, errors: Mapping[int, str]) -> int:
         if not errors:
@@ -150,7 +150,7 @@ class PostgreSQLStore:
     def release(self, ids: Sequence[int], *, owner: str) -> int:
         if not ids:
             return 0
-        return self._count("release", ids=_bigint_array(ids), owner=owner)
+        return self._count("release", ids=bigint_array(ids), owner=owner)
 
     def _cursor(self, name: str, **params: Any) -> CursorWrapper:
         refuse_inside_atomic(self.alias)
@@ -161,14 +161,14 @@ class PostgreSQLStore:
     def _count(self, name: str, **params: Any) -> int:
         if conf.get_bool("PREPARED_INSERT"):
             # Prepared like the claim: the statement is not parsed and planned again for
-            # every batch, and the ids go as one parameter (see _bigint_array).
+            # every batch, and the ids go as one parameter (see bigint_array).
             refuse_inside_atomic(self.alias)
             return fetch_prepared(self.alias, queries()[name], params).rowcount
         with self._cursor(name, **params) as cursor:
             return int(cursor.rowcount)
 
 
-def _bigint_array(ids: Sequence[int]) -> str:
+def bigint_array(ids: Sequence[int]) -> str:
     """``ids`` as the text of a PostgreSQL array, which the queries cast to ``bigint[]``:
     joined here in C, where psycopg's list dumper spends about 0.6 us per element in Python
     (300 us for a batch of 500)."""

@@ -4,16 +4,20 @@ published with the polling relay's publisher and message builder.
 
 How a batch goes (docs/relay.md, "WAL relay"):
 
-1. Debezium hands the relay a batch of change events, in commit order (inserts into
-   ``outbox_message`` only: the publication publishes nothing else);
-2. the rows still ``ready`` (one SELECT by primary key) are published with pipelined
-   confirms, exactly as the polling relay builds them (``outbox.relay.outgoing``);
-3. confirmed rows are marked published (one UPDATE), refused ones get the polling relay's
-   retry accounting (the sweep sends them again when due), and rows a broker outage left
-   unanswered are sent again, with backoff, until RabbitMQ confirms them;
-4. only then does the handler return; Debezium stores the offsets of the batches handed back
-   (in the table ``outbox_wal_offsets``, at most once a second) and confirms the position to
-   the replication slot.
+1. Debezium hands the relay a batch of change events (the rows' after-state), in commit order
+   (inserts into ``outbox_message`` only: the publication publishes nothing else); its thread
+   queues the batch for the relay's batch thread and returns;
+2. the batch thread sends the rows still ``ready`` (one SELECT by primary key) with pipelined
+   confirms, exactly as the polling relay builds them (``outbox.relay.outgoing``), while up
+   to ``_IN_FLIGHT`` earlier batches wait for their confirms;
+3. batches are finished in order: confirmed rows are marked published (one UPDATE, on the
+   mark thread), refused ones get the polling relay's retry accounting (the sweep sends them
+   again when due), and rows a broker outage left unanswered are sent again, with backoff,
+   until RabbitMQ confirms them;
+4. only then is the batch's offset due; Debezium's thread marks it when it hands over the next
+   batch or heartbeat (Debezium's committer is not thread-safe), and Debezium stores it (in
+   the table ``outbox_wal_offsets``, at most once a second) and confirms the position to the
+   replication slot.
 
 A crash anywhere before step 4 makes the next relay read the batch again from the last
 stored offset and re-publish it with the same ``message_id``s: at least once, never ahead of
@@ -65,7 +69,7 @@ from outbox.operations import metrics
 from outbox.relay.debezium import offset_key_prefix, source_properties
 from outbox.relay.loop import Relay, RelaySettings
 from outbox.relay.outgoing import outgoing_message
-from outbox.relay.postgresql import PostgreSQLStore
+from outbox.relay.postgresql import PostgreSQLStore, bigint_array
 from outbox.relay.publishers import Publisher, PublishOutcome, RabbitMQPublisher, SentBatch
 from outbox.relay.store import ClaimedMessage, RetryPolicy
 
@@ -187,7 +191,7 @@ class WalRelay:
         # state, so Django's per-thread connection would be a new PostgreSQL session per
         # batch (tens a second, never closed) until the server refuses clients. Debezium's
         # thread returns as soon as the batch is queued (and reads the next one meanwhile);
-        # the batch thread stores the offset of a batch once RabbitMQ confirmed it.
+        # a batch's offset is due once RabbitMQ confirmed all of it (``_confirmed``).
         self._handed: queue.Queue[_Handed | None] = queue.Queue(maxsize=1)
         self._batch_thread: threading.Thread | None = None
         self._batch_error: BaseException | None = None
@@ -358,8 +362,9 @@ class WalRelay:
                 thread.join(_STOP_CHECK_SECONDS)
         finally:
             self._stopping.set()
-            # The batches handed over are finished (and their offsets stored) before the
-            # engine stops: the offset store is Debezium's, and closes with it.
+            # The batches handed over are finished (confirmed and marked) before the engine
+            # stops; their offsets are not stored any more (only Debezium's thread may), so
+            # the next run reads them again and the still-ready check skips what was marked.
             self._stop_batch_thread()
             while thread.is_alive():
                 engine.close()
@@ -385,7 +390,7 @@ class WalRelay:
         self._batch_thread.start()
 
     def _stop_batch_thread(self) -> None:
-        """Finish the batches handed over (their confirms, offsets) and end the thread."""
+        """Finish the batches handed over (their confirms and marks) and end the thread."""
         batch_thread, self._batch_thread = self._batch_thread, None
         while batch_thread is not None and batch_thread.is_alive():
             with contextlib.suppress(queue.Full):
@@ -422,7 +427,7 @@ class WalRelay:
                 extra={"event": "sweep", "relay": self.name, "count": result.published},
             )
 
-    # --- one batch, on Debezium's thread -------------------------------------------------
+    # --- one batch: handed over on Debezium's thread, published on the batch thread -----
 
     def _hand_over(self, records: Any, committer: Any) -> None:
         """On Debezium's thread: queue the batch ``records`` (a Java list of change events)
@@ -503,10 +508,11 @@ class WalRelay:
                 rows.append(json.loads(value))
         pending: list[ClaimedMessage] = []
         if rows:
+            ids = [int(row["id"]) for row in rows]
             with connections[self.using].cursor() as cursor:
-                cursor.execute(queries()["still_ready"], {"ids": [int(row["id"]) for row in rows]})
+                cursor.execute(queries()["still_ready"], {"ids": bigint_array(ids)})
                 ready = {found for (found,) in cursor.fetchall()}
-            pending = [_claimed(row) for row in rows if int(row["id"]) in ready]
+            pending = [_claimed(row) for key, row in zip(ids, rows, strict=True) if key in ready]
         return _InFlight(pending, self._send_chunks(pending), handed.store_offset, heartbeat)
 
     def _send_chunks(self, rows: list[ClaimedMessage]) -> list[SentBatch]:
