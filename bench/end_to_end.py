@@ -319,6 +319,9 @@ def run_step(rate: float, seconds: float, writers: int | None, receipts: Path) -
         if published_at is not None
     }
     connection.close()
+    if os.environ.get("E2E_TRACE"):
+        moments = {"committed": committed, "arrived": probe.arrived}
+        (Path(os.environ["E2E_TRACE"]) / f"moments-{rate:.0f}.json").write_text(json.dumps(moments))
     delays = sorted(
         (handled[key][1] - committed[key]) * 1000 for key in committed if key in handled
     )
@@ -388,6 +391,7 @@ def print_trace(directory: Path) -> None:
                 print(f"  {role} process CPU per message: {cpu / handled * 1e6:.0f} us ({handled})")
     for step in ("claim", "send", "collect", "mark", "drain", "batch", "ack"):
         show(f"{step} (its own time)", [end - start for start, end, _ in steps.get(step, [])])
+    print_timeline(directory, steps)
     show("rows per claim that found some", [n / 1000 for *_, n in steps.get("claim", []) if n])
     drains = steps.get("drain", [])
     wakes = [end for _, end, woken in steps.get("listen", []) if woken]
@@ -400,6 +404,37 @@ def print_trace(directory: Path) -> None:
         "delivery -> its batch started",
         [start - at for at, _, _ in steps.get("deliver", []) for start in _next_after(batches, at)],
     )
+
+
+def print_timeline(directory: Path, steps: dict[str, list[tuple[float, float, int]]]) -> None:
+    """Medians of a message's way through the relay, step by step: from its commit to the
+    first notification after it, to the first claim that started after that, through that
+    claim, to the end of the first send after it, and on to the probe. A message claimed
+    before its notification was read (by a claim already running) is left out."""
+    wakes = [(end, end, 0) for _, end, woken in steps.get("listen", []) if woken]
+    wakes.sort()
+    claims, sends = steps.get("claim", []), steps.get("send", [])
+    send_ends = sorted((end, end, n) for _, end, n in sends)
+    for path in sorted(directory.glob("moments-*.json")):
+        moments = json.loads(path.read_text())
+        arrived: dict[str, float] = moments["arrived"]
+        way: dict[str, list[float]] = {}
+        for order_id, committed_at in moments["committed"].items():
+            woken = _next_after(wakes, committed_at)
+            claimed = _next_after(claims, woken[0]) if woken else []
+            if not claimed or order_id not in arrived:
+                continue
+            claim = claims[bisect.bisect_left(claims, (claimed[0],))]
+            sent = _next_after(send_ends, claim[1])
+            if not sent:
+                continue
+            marks = [committed_at, woken[0], claim[0], claim[1], sent[0], arrived[order_id]]
+            labels = ("commit -> notified", "-> claim started", "claim", "-> sent", "-> probe")
+            for label, start, end in zip(labels, marks, marks[1:], strict=False):
+                way.setdefault(label, []).append(end - start)
+        print(f"the relay's part at {path.stem.removeprefix('moments-')} tx/s, medians:")
+        for label, values in way.items():
+            print(f"  {label:<44} {statistics.median(values) * 1000:7.2f} ms ({len(values)})")
 
 
 def _next_after(steps: list[tuple[float, float, int]], moment: float) -> list[float]:

@@ -18,6 +18,8 @@ from typing import Any, Protocol, TypeVar
 __all__ = ["QueryCursor", "load_queries", "rows_as"]
 
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# A line that holds only a comment.
+_COMMENT_LINE = re.compile(r"^[ \t]*--.*\n", re.MULTILINE)
 
 RowT = TypeVar("RowT")
 
@@ -26,7 +28,12 @@ RowT = TypeVar("RowT")
 def load_queries(package: str, resource: str) -> dict[str, str]:
     """The named queries of ``resource`` (a path inside ``package``), by name.
 
-    Each body is stripped of surrounding blank space and of its final semicolon.
+    Each body is stripped of surrounding blank space, of its final semicolon, of its
+    comment-only lines but the first (which names the statement in ``pg_stat_activity`` and
+    the server's logs) and of each line's indentation; no query has a string literal over
+    several lines. Comments and indentation are for the files' readers. Sent with every call
+    they made the relay's claim longer than psycopg caches the parsing of (4,096
+    characters), and psycopg parsed its 7,000 characters again for every claim.
     """
     text = resources.files(package).joinpath(resource).read_text(encoding="utf-8")
     parts = _NAME_LINE.split(text)
@@ -35,10 +42,14 @@ def load_queries(package: str, resource: str) -> dict[str, str]:
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise ValueError(f"{package}/{resource} names more than one query {duplicated}")
-    return {
-        name: body.strip().removesuffix(";").rstrip()
-        for name, body in zip(names, bodies, strict=True)
-    }
+    return {name: _without_comments(body) for name, body in zip(names, bodies, strict=True)}
+
+
+def _without_comments(body: str) -> str:
+    body = body.strip().removesuffix(";").rstrip() + "\n"
+    first, _, rest = body.partition("\n")
+    lines = _COMMENT_LINE.sub("", rest).splitlines()
+    return "\n".join([first, *(line.strip() for line in lines)]).rstrip()
 
 
 class QueryCursor(Protocol):
