@@ -409,27 +409,27 @@ def print_trace(directory: Path) -> None:
 def print_timeline(directory: Path, steps: dict[str, list[tuple[float, float, int]]]) -> None:
     """Medians of a message's way through the relay, step by step: from its commit to the
     first notification after it, to the first claim that started after that, through that
-    claim, to the end of the first send after it, and on to the probe. A message claimed
+    claim, to the end of the first send after it, and on to the probe (which can get the
+    message before the send returns: that last step may be negative). A message claimed
     before its notification was read (by a claim already running) is left out."""
-    wakes = [(end, end, 0) for _, end, woken in steps.get("listen", []) if woken]
-    wakes.sort()
-    claims, sends = steps.get("claim", []), steps.get("send", [])
-    send_ends = sorted((end, end, n) for _, end, n in sends)
+    wakes = sorted((end, end, 0) for _, end, woken in steps.get("listen", []) if woken)
+    claims = steps.get("claim", [])
+    send_ends = sorted((end, end, n) for _, end, n in steps.get("send", []))
+    labels = ("commit -> notified", "-> claim started", "claim", "-> sent", "-> probe")
     for path in sorted(directory.glob("moments-*.json")):
         moments = json.loads(path.read_text())
         arrived: dict[str, float] = moments["arrived"]
         way: dict[str, list[float]] = {}
         for order_id, committed_at in moments["committed"].items():
             woken = _next_after(wakes, committed_at)
-            claimed = _next_after(claims, woken[0]) if woken else []
-            if not claimed or order_id not in arrived:
+            index = bisect.bisect_left(claims, (woken[0],)) if woken else len(claims)
+            if index == len(claims) or order_id not in arrived:
                 continue
-            claim = claims[bisect.bisect_left(claims, (claimed[0],))]
-            sent = _next_after(send_ends, claim[1])
+            started, ended, _ = claims[index]
+            sent = _next_after(send_ends, ended)
             if not sent:
                 continue
-            marks = [committed_at, woken[0], claim[0], claim[1], sent[0], arrived[order_id]]
-            labels = ("commit -> notified", "-> claim started", "claim", "-> sent", "-> probe")
+            marks = [committed_at, woken[0], started, ended, sent[0], arrived[order_id]]
             for label, start, end in zip(labels, marks, marks[1:], strict=False):
                 way.setdefault(label, []).append(end - start)
         print(f"the relay's part at {path.stem.removeprefix('moments-')} tx/s, medians:")

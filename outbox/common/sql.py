@@ -18,8 +18,6 @@ from typing import Any, Protocol, TypeVar
 __all__ = ["QueryCursor", "load_queries", "rows_as"]
 
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-# A line that holds only a comment.
-_COMMENT_LINE = re.compile(r"^[ \t]*--.*\n", re.MULTILINE)
 
 RowT = TypeVar("RowT")
 
@@ -46,10 +44,9 @@ def load_queries(package: str, resource: str) -> dict[str, str]:
 
 
 def _without_comments(body: str) -> str:
-    body = body.strip().removesuffix(";").rstrip() + "\n"
-    first, _, rest = body.partition("\n")
-    lines = _COMMENT_LINE.sub("", rest).splitlines()
-    return "\n".join([first, *(line.strip() for line in lines)]).rstrip()
+    first, *rest = body.strip().removesuffix(";").rstrip().splitlines()
+    kept = [line.strip() for line in rest]
+    return "\n".join([first, *(line for line in kept if line and not line.startswith("--"))])
 
 
 class QueryCursor(Protocol):
